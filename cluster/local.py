@@ -1,0 +1,132 @@
+"""Local cluster helper: a Ray head owned by this process, the serve config deployed on it.
+
+    python -m cluster.local run configs/local.yaml [--port 8000]
+
+Starts a local Ray head (in this process, so it goes away with it), deploys every application of
+the serve config, waits for GET /health, prints the endpoint and the demo key, and stays in the
+foreground until Ctrl-C (or SIGTERM), then shuts Serve and Ray down. Prints one machine-readable
+line `READY <json>` for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import yaml
+
+DEMO_KEY = "sk-local-demo"
+
+
+def _log(message: str) -> None:
+    print(f"[cluster.local] {message}", flush=True)
+
+
+def load_serve_config(path: str) -> dict[str, Any]:
+    from ray.serve.schema import ServeDeploySchema
+
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    ServeDeploySchema.model_validate(raw)  # the same check `serve run` makes
+    return raw
+
+
+def build_application(app_spec: dict[str, Any]):
+    """Import `module:attr`; call it with `args` when it is a builder function."""
+    module_name, _, attr = app_spec["import_path"].partition(":")
+    target = getattr(importlib.import_module(module_name), attr)
+    from ray.serve import Application
+
+    if isinstance(target, Application):
+        return target
+    return target(app_spec.get("args") or {})
+
+
+def wait_for_health(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {timeout_s:.0f}s ({last})")
+
+
+def run(config_path: str, port: int | None, num_cpus: int | None, health_timeout_s: float) -> int:
+    import ray
+    from ray import serve
+
+    config = load_serve_config(config_path)
+    http = dict(config.get("http_options") or {})
+    if port is not None:
+        http["port"] = port
+    host, http_port = http.get("host", "127.0.0.1"), http.get("port", 8000)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    _log("starting a local Ray head")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {k: os.environ[k] for k in ("TENANTS_FILE", "LEDGER_URL") if k in os.environ}})
+    try:
+        serve.start(http_options={"host": host, "port": http_port}, proxy_location=config.get("proxy_location", "HeadOnly"))
+        for app_spec in config["applications"]:
+            _log(f"deploying application {app_spec['name']!r} from {config_path}")
+            serve.run(build_application(app_spec), name=app_spec["name"],
+                      route_prefix=app_spec.get("route_prefix", "/"), blocking=False)
+        base = f"http://{host}:{http_port}"
+        _log(f"waiting for {base}/health")
+        wait_for_health(f"{base}/health", health_timeout_s)
+        info = {"base_url": f"{base}/v1", "health": f"{base}/health", "api_key": DEMO_KEY,
+                "ray_address": ray.get_runtime_context().gcs_address}
+        print(f"\nServing Magistral router at {info['base_url']}\n"
+              f"  demo API key: {DEMO_KEY}\n"
+              f"  try: curl {base}/v1/models -H 'Authorization: Bearer {DEMO_KEY}'\n"
+              "  Ctrl-C stops Serve and the local Ray head.\n", flush=True)
+        print("READY " + json.dumps(info), flush=True)
+        while not stop.wait(1.0):
+            pass
+        _log("stopping")
+        return 0
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+        _log("stopped Serve and the local Ray head")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster.local", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="start a local head, deploy a serve config, stay in the foreground")
+    run_p.add_argument("config", help="serve config, e.g. configs/local.yaml")
+    run_p.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's)")
+    run_p.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
+    run_p.add_argument("--health-timeout", type=float, default=180.0, help="seconds to wait for /health")
+    args = parser.parse_args(argv)
+    try:
+        return run(args.config, args.port, args.num_cpus, args.health_timeout)
+    except (FileNotFoundError, TimeoutError, ValueError) as exc:
+        print(f"[cluster.local] error: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The one interface between the router and a model replica, whatever hosts the model.
+
+The router calls `generate(GenerateRequest)` as a streaming method; the replica yields plain dicts
+(cheap to pickle across Ray): one `start` event, `delta` events, one `end` event. Thinking text
+arrives already split from the answer (`reasoning` vs `content`), so the router never parses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+START, DELTA, END = "start", "delta", "end"
+
+# Completion tokens a request is expected to generate, for load estimates only: max_tokens is
+# often the whole remaining context, which says little about the work actually queued.
+DEFAULT_DECODE_ESTIMATE = 256
+
+
+@dataclass
+class GenerateRequest:
+    request_id: str
+    kind: Literal["chat", "completion"]
+    context_limit: int  # prompt + completion may not exceed this on the serving pool
+    messages: list[dict] | None = None
+    prompt: str | None = None
+    tools: list[dict] | None = None
+    prompt_tokens: int | None = None  # exact count from the router; None: the replica counts
+    prompt_tokens_bound: int = 0  # upper bound, for load estimates before the replica counts
+    max_tokens: int | None = None  # None: context_limit - prompt_tokens
+    stop: list[str] = field(default_factory=list)
+    sampling: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, seed
+
+    @property
+    def work_tokens(self) -> int:
+        """Outstanding work this request puts on a replica, in tokens (used by the balancer)."""
+        prompt = self.prompt_tokens if self.prompt_tokens is not None else self.prompt_tokens_bound
+        return work_tokens(prompt, self.max_tokens)
+
+
+def work_tokens(prompt_tokens: int, max_tokens: int | None, decode_estimate: int = DEFAULT_DECODE_ESTIMATE) -> int:
+    decode = decode_estimate if max_tokens is None else min(max_tokens, decode_estimate)
+    return prompt_tokens + decode
+
+
+def start_event(*, replica: str, node_id: str, pool: str, accelerator: str, prompt_tokens: int, max_tokens: int) -> dict:
+    return {
+        "event": START,
+        "replica": replica,
+        "node_id": node_id,
+        "pool": pool,
+        "accelerator": accelerator,
+        "prompt_tokens": prompt_tokens,
+        "max_tokens": max_tokens,
+    }
+
+
+def delta_event(*, reasoning: str = "", content: str = "") -> dict:
+    return {"event": DELTA, "reasoning": reasoning, "content": content}
+
+
+def end_event(*, finish_reason: str, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int) -> dict:
+    return {
+        "event": END,
+        "finish_reason": finish_reason,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "reasoning_tokens": reasoning_tokens,
+    }

@@ -1,0 +1,28 @@
+"""What a replica holds right now, published to the router as routing stats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ReplicaLoadTracker:
+    outstanding_tokens: int = 0
+    ongoing_requests: int = 0
+    completed: int = 0
+    cancelled: int = 0
+
+    def begin(self, work_tokens: int) -> None:
+        self.outstanding_tokens += work_tokens
+        self.ongoing_requests += 1
+
+    def end(self, work_tokens: int, *, cancelled: bool) -> None:
+        self.outstanding_tokens -= work_tokens
+        self.ongoing_requests -= 1
+        if cancelled:
+            self.cancelled += 1
+        else:
+            self.completed += 1
+
+    def routing_stats(self) -> dict[str, int]:
+        return {"outstanding_tokens": self.outstanding_tokens, "ongoing_requests": self.ongoing_requests}

@@ -1,0 +1,134 @@
+"""STUB replica: behaves like a vLLM replica of one GPU class, for tests and local runs only.
+
+It is not a model. It counts prompt tokens with the real Tekken tokenizer (only when the router did
+not hand over a count), writes deterministic `<think>...</think>` text then an answer, one real
+Tekken token at a time, and emulates the speed of a GPU class: `prefill_tokens_per_s` before the
+first token and `decode_ms_per_token` between tokens. `max_tokens` and `stop` are honoured;
+generation stops when the caller goes away (Serve cancels the generator). It publishes routing
+stats (outstanding tokens, ongoing requests) through `record_routing_stats`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import ray
+from ray import serve
+
+from deployments.protocol import GenerateRequest, delta_event, end_event, start_event
+from deployments.reasoning_split import RawText, ThinkSplitter
+from deployments.replica_load import ReplicaLoadTracker
+from deployments.stop_strings import StopMatcher
+from deployments.stub_text import last_user_text, stub_completion_text
+from router.tokens import TekkenCounter
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=128)
+class StubReplica:
+    def __init__(
+        self,
+        pool: str,
+        accelerator: str = "stub",
+        prefill_tokens_per_s: float = 50_000.0,
+        decode_ms_per_token: float = 5.0,
+        tokenizer_path: str | None = None,
+    ):
+        self._pool = pool
+        self._accelerator = accelerator
+        self._prefill_rate = float(prefill_tokens_per_s)
+        self._decode_s = float(decode_ms_per_token) / 1000.0
+        self._counter = TekkenCounter(tokenizer_path)
+        self._text_tokenizer = self._counter.tokenizer.instruct_tokenizer.tokenizer
+        self._load = ReplicaLoadTracker()
+        ctx = serve.get_replica_context()
+        self._replica_id = ctx.replica_id.unique_id
+        self._node_id = ray.get_runtime_context().get_node_id()
+
+    def _count(self, request: GenerateRequest) -> int:
+        if request.prompt_tokens is not None:
+            return request.prompt_tokens  # the router counted; never count twice
+        if request.kind == "chat":
+            return self._counter.count_chat(request.messages or [], request.tools)
+        return self._counter.count_text(request.prompt or "")
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[dict]:
+        prompt_tokens = self._count(request)
+        room = request.context_limit - prompt_tokens
+        max_tokens = room if request.max_tokens is None else min(request.max_tokens, room)
+        work = request.work_tokens
+        self._load.begin(work)
+        cancelled = True
+        try:
+            yield start_event(
+                replica=self._replica_id,
+                node_id=self._node_id,
+                pool=self._pool,
+                accelerator=self._accelerator,
+                prompt_tokens=prompt_tokens,
+                max_tokens=max_tokens,
+            )
+            await asyncio.sleep(prompt_tokens / self._prefill_rate)
+            text = stub_completion_text(
+                last_user_text(request.messages, request.prompt),
+                self._pool,
+                request.sampling.get("seed"),
+            )
+            split = request.kind == "chat"  # text completions return the raw text
+            async for event in self._decode(text, max_tokens, request.stop, prompt_tokens, split):
+                yield event
+            cancelled = False
+        finally:
+            self._load.end(work, cancelled=cancelled)
+
+    async def _decode(
+        self, text: str, max_tokens: int, stops: list[str], prompt_tokens: int, split: bool
+    ) -> AsyncIterator[dict]:
+        ids = self._text_tokenizer.encode(text, bos=False, eos=False)
+        splitter = ThinkSplitter() if split else RawText()
+        matcher = StopMatcher(stops)
+        emitted, generated, reasoning_tokens = "", 0, 0
+        finish_reason = "stop"
+        for i in range(len(ids)):
+            if generated >= max_tokens:
+                finish_reason = "length"
+                break
+            await asyncio.sleep(self._decode_s)
+            generated += 1
+            if splitter.thinking:
+                reasoning_tokens += 1
+            decoded = self._text_tokenizer.decode(ids[: i + 1])
+            piece, emitted = decoded[len(emitted):], decoded
+            reasoning, content = splitter.feed(matcher.feed(piece))
+            if reasoning or content:
+                yield delta_event(reasoning=reasoning, content=content)
+            if matcher.stopped:
+                break
+        reasoning, content = splitter.feed(matcher.finish())
+        tail_r, tail_c = splitter.finish()
+        if reasoning + tail_r or content + tail_c:
+            yield delta_event(reasoning=reasoning + tail_r, content=content + tail_c)
+        yield end_event(
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=generated,
+            reasoning_tokens=reasoning_tokens,
+        )
+
+    def record_routing_stats(self) -> dict:
+        return self._load.routing_stats()
+
+    def stats(self) -> dict:
+        """For tests and operators: what this replica holds and has done."""
+        return {
+            "replica": self._replica_id,
+            "pool": self._pool,
+            "accelerator": self._accelerator,
+            "node_id": self._node_id,
+            **self._load.routing_stats(),
+            "completed": self._load.completed,
+            "cancelled": self._load.cancelled,
+        }
+
+    def ready(self) -> dict:
+        return {"pool": self._pool, "replica": self._replica_id}

@@ -1,0 +1,1 @@
+"""OpenAI-compatible ingress and the decisions it makes (tokens, context cap, pools, balancing)."""

@@ -1,0 +1,68 @@
+"""Admission: count (only when needed), apply the cap, choose the pool. Pure; no Ray, no FastAPI.
+
+The exact count is skipped when the byte-length upper bound already proves the decision: the bound
+fits the cap without clamping, and every pool that would hold a zero-token prompt also holds the
+bound. Pool fit only shrinks as the prompt grows, so every count between 0 and the bound leads to
+the same pools, the same choice and no clamp. The replica (or engine) then counts the prompt once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from router.context_cap import OverflowPolicy, apply_cap
+from router.pools import PoolChoice, PoolLimits, choose_pool, pools_that_hold
+
+
+@dataclass(frozen=True)
+class Admission:
+    choice: PoolChoice
+    prompt_tokens: int | None  # exact count, or None when the bound made it unnecessary
+    prompt_tokens_bound: int  # upper bound (equals the exact count when counted)
+    max_tokens: int | None  # None: the replica fills in context_limit - prompt_tokens
+    context_limit: int  # prompt + completion may not exceed this on the chosen pool
+    clamped_from: int | None = None
+
+    @property
+    def pool(self) -> str:
+        return self.choice.pool.name
+
+    @property
+    def work_tokens_estimate(self) -> int:
+        """Prompt tokens the replica must prefill (the bound when not counted)."""
+        return self.prompt_tokens if self.prompt_tokens is not None else self.prompt_tokens_bound
+
+
+def bound_decides(upper_bound: int, max_tokens: int | None, pools: Sequence[PoolLimits], cap: int) -> bool:
+    """True when any prompt of 0..upper_bound tokens gets the same cap and pool decision."""
+    if upper_bound >= cap:
+        return False
+    if max_tokens is not None and upper_bound + max_tokens > cap:
+        return False
+    return pools_that_hold(upper_bound, max_tokens, pools, cap) == pools_that_hold(
+        0, max_tokens, pools, cap
+    )
+
+
+def admit(
+    *,
+    upper_bound: int,
+    count_exact: Callable[[], int],
+    max_tokens: int | None,
+    pools: Sequence[PoolLimits],
+    outstanding_tokens: Mapping[str, int],
+    cap: int,
+    policy: OverflowPolicy,
+) -> Admission:
+    """Decide a request. Raises ContextLengthExceeded (-> HTTP 400) with the real counts."""
+    if bound_decides(upper_bound, max_tokens, pools, cap):
+        choice = choose_pool(upper_bound, max_tokens, pools, outstanding_tokens, cap)
+        return Admission(choice, None, upper_bound, max_tokens, choice.pool.context_limit(cap))
+
+    exact = count_exact()
+    budget = apply_cap(exact, max_tokens, cap, policy)
+    choice = choose_pool(exact, budget.max_tokens, pools, outstanding_tokens, cap)
+    limit = choice.pool.context_limit(cap)
+    granted = budget.max_tokens if budget.max_tokens is not None else limit - exact
+    return Admission(choice, exact, exact, granted, limit, budget.clamped_from)

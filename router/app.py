@@ -1,0 +1,46 @@
+"""Application builder for `serve run`: the ingress plus one Serve deployment per pool."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
+
+from deployments.stub_replica import StubReplica
+from router.config import AppConfig
+from router.ingress import RouterIngress
+from router.request_router import TokenLoadRouter
+from router.tenants import TenantDirectory
+
+
+def _absolute(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else path
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    config = AppConfig.from_args(args)
+    config = config.model_copy(update={"tokenizer_path": _absolute(config.tokenizer_path)})
+    pools = {}
+    for pool in config.pools:
+        deployment = StubReplica.options(
+            name=f"pool-{pool.name}",
+            num_replicas=pool.num_replicas,
+            max_ongoing_requests=pool.max_ongoing_requests,
+            request_router_config=RequestRouterConfig(
+                request_router_class=TokenLoadRouter,
+                request_router_kwargs={"metric": pool.routing_metric},
+                request_routing_stats_period_s=pool.routing_stats_period_s,
+            ),
+        )
+        pools[pool.name] = deployment.bind(
+            pool=pool.name,
+            accelerator=pool.accelerator,
+            prefill_tokens_per_s=pool.engine.prefill_tokens_per_s,
+            decode_ms_per_token=pool.engine.decode_ms_per_token,
+            tokenizer_path=config.tokenizer_path,
+        )
+    # Read here so a bad tenants file fails the deploy, not a replica later.
+    tenants = TenantDirectory.from_file(_absolute(config.tenants_file)).digests_by_tenant
+    return RouterIngress.options(name="router").bind(config.model_dump(mode="json"), tenants, pools)

@@ -1,0 +1,229 @@
+"""The OpenAI-compatible ingress: FastAPI on Ray Serve, a thin adapter around router.admission.
+
+Per request: authenticate the tenant, validate the body, count prompt tokens (only when the byte
+bound does not already decide), apply the 40 960 cap, choose a pool, stream from the pool's
+replica (chosen by TokenLoadRouter), and answer in OpenAI's shape with x-request-id, x-pool and
+x-replica. A client that goes away cancels the replica's generator.
+"""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deployments.protocol import END, START, GenerateRequest
+from router import errors
+from router.admission import Admission, admit
+from router.api_models import ChatCompletionRequest, CompletionRequest
+from router.config import AppConfig
+from router.context_cap import ContextLengthExceeded
+from router.inflight import InFlight
+from router.openai_format import Collected, ResponseWriter, sse
+from router.tenants import Tenant, TenantDirectory
+from router.tokens import PromptInvalid, TekkenCounter, chat_upper_bound, text_upper_bound
+
+logger = logging.getLogger("ray.serve")
+
+# Counting a long prompt takes ~1 ms per 1k tokens; past this bound, count off the event loop.
+_COUNT_IN_THREAD_ABOVE_BYTES = 32_000
+_HEALTH_TIMEOUT_S = 2.0
+
+app = FastAPI(title="Magistral Small 2506 router", docs_url=None, redoc_url=None)
+
+
+def _request_id(request: Request) -> str:
+    """Serve's request id: the client's x-request-id, or one the proxy made; the proxy echoes it
+    as x-request-id on every response, errors included."""
+    return request.headers.get("x-request-id") or uuid.uuid4().hex
+
+
+@app.exception_handler(errors.APIError)
+async def _api_error(request: Request, exc: errors.APIError) -> JSONResponse:
+    return exc.response()
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return errors.validation_error(list(exc.errors())).response()
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = "not_found" if exc.status_code == 404 else None
+    return errors.APIError(exc.status_code, str(exc.detail), code=code).response()
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    request_id = _request_id(request)
+    logger.exception("request %s failed", request_id)
+    return errors.server_error(request_id).response()
+
+
+def _bearer_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
+@serve.ingress(app)
+class RouterIngress:
+    def __init__(self, config: dict, tenants: dict[str, list[str]], pools: dict[str, DeploymentHandle]):
+        self._config = AppConfig.model_validate(config)
+        self._tenants = TenantDirectory(tenants)
+        self._pools = pools
+        self._limits = self._config.pool_limits()
+        self._counter = TekkenCounter(self._config.tokenizer_path)
+        self._model_ids = set(self._config.served_model_ids())
+        self._pool_load = InFlight()  # outstanding tokens this ingress sent to each pool
+
+    # ---- routes -------------------------------------------------------------------------
+    @app.get("/health")
+    async def health(self) -> JSONResponse:
+        async def ready(name: str, handle: DeploymentHandle) -> tuple[str, bool]:
+            try:
+                await asyncio.wait_for(handle.ready.remote(), _HEALTH_TIMEOUT_S)
+                return name, True
+            except Exception:  # noqa: BLE001 - any failure means not ready
+                return name, False
+
+        results = dict(await asyncio.gather(*(ready(n, h) for n, h in self._pools.items())))
+        ok = all(results.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "pools": results}, status_code=200 if ok else 503)
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> dict:
+        self._authenticate(request)
+        return {
+            "object": "list",
+            "data": [
+                {"id": model_id, "object": "model", "created": 0, "owned_by": "mistralai",
+                 "root": self._config.model_id, "max_model_len": self._config.context_cap}
+                for model_id in self._config.served_model_ids()
+            ],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request):
+        request_id = _request_id(request)
+        self._authenticate(request)
+        self._check_model(body.model)
+        messages = body.message_dicts()
+        tools = body.tools
+        bound = chat_upper_bound(messages, tools)
+        admission = await self._admit(bound, lambda: self._counter.count_chat(messages, tools), body.requested_max_tokens())
+        if admission.prompt_tokens is None:  # not counted: still refuse what the template rejects
+            self._guard_prompt(lambda: self._counter.validate_chat(messages, tools))
+        job = GenerateRequest(
+            request_id=request_id, kind="chat", context_limit=admission.context_limit,
+            messages=messages, tools=tools, prompt_tokens=admission.prompt_tokens,
+            prompt_tokens_bound=admission.prompt_tokens_bound, max_tokens=admission.max_tokens,
+            stop=body.stop_list(), sampling=body.sampling(),
+        )
+        return await self._serve(job, admission, ResponseWriter("chat", f"chatcmpl-{request_id}", body.model), body.stream, body.include_usage)
+
+    @app.post("/v1/completions")
+    async def completions(self, body: CompletionRequest, request: Request):
+        request_id = _request_id(request)
+        self._authenticate(request)
+        self._check_model(body.model)
+        prompt = body.prompt_text()
+        admission = await self._admit(text_upper_bound(prompt), lambda: self._counter.count_text(prompt), body.requested_max_tokens())
+        job = GenerateRequest(
+            request_id=request_id, kind="completion", context_limit=admission.context_limit,
+            prompt=prompt, prompt_tokens=admission.prompt_tokens,
+            prompt_tokens_bound=admission.prompt_tokens_bound, max_tokens=admission.max_tokens,
+            stop=body.stop_list(), sampling=body.sampling(),
+        )
+        return await self._serve(job, admission, ResponseWriter("completion", f"cmpl-{request_id}", body.model), body.stream, body.include_usage)
+
+    # ---- steps --------------------------------------------------------------------------
+    def _authenticate(self, request: Request) -> Tenant:
+        tenant = self._tenants.authenticate(_bearer_key(request))
+        if tenant is None:
+            raise errors.unauthorized()
+        return tenant
+
+    def _check_model(self, model: str) -> None:
+        if model not in self._model_ids:
+            raise errors.model_not_found(model)
+
+    async def _admit(self, bound: int, count, max_tokens: int | None) -> Admission:
+        def decide() -> Admission:
+            return admit(
+                upper_bound=bound, count_exact=count, max_tokens=max_tokens, pools=self._limits,
+                outstanding_tokens=self._pool_load.snapshot_tokens(), cap=self._config.context_cap,
+                policy=self._config.overflow_policy,
+            )
+
+        try:
+            if bound > _COUNT_IN_THREAD_ABOVE_BYTES:
+                return await asyncio.to_thread(self._guard_prompt, decide)
+            return self._guard_prompt(decide)
+        except ContextLengthExceeded as exc:
+            raise errors.context_length_exceeded(str(exc)) from exc
+
+    @staticmethod
+    def _guard_prompt(step):
+        """Run a step that renders the prompt; a template refusal is the client's 400."""
+        try:
+            return step()
+        except PromptInvalid as exc:
+            raise errors.APIError(400, f"Invalid messages: {exc}", param="messages", code="invalid_messages") from exc
+
+    async def _serve(self, job: GenerateRequest, admission: Admission, writer: ResponseWriter, stream: bool, include_usage: bool):
+        pool = admission.pool
+        self._pool_load.add(pool, job.request_id, job.work_tokens)
+        events = self._pools[pool].options(stream=True).generate.remote(job)
+        try:
+            start = await events.__anext__()
+        except Exception as exc:
+            self._release(job, events)
+            logger.exception("pool %s failed to start request %s", pool, job.request_id)
+            raise errors.unavailable(f"Pool '{pool}' could not take the request; retry shortly.") from exc
+        except BaseException:  # cancelled: the client went away
+            self._release(job, events)
+            raise
+        assert start["event"] == START, start
+        # x-request-id is added to every response by Serve's proxy (see _request_id).
+        headers = {"x-pool": pool, "x-replica": start["replica"]}
+        if not stream:
+            try:
+                collected = Collected()
+                async for event in events:
+                    collected.add(event)
+            finally:
+                self._release(job, events)
+            return JSONResponse(writer.full(collected), headers=headers)
+        return StreamingResponse(
+            self._sse(job, events, writer, include_usage), media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache"},
+        )
+
+    async def _sse(self, job: GenerateRequest, events, writer: ResponseWriter, include_usage: bool) -> AsyncIterator[bytes]:
+        try:
+            yield sse(writer.chunk(None, first=True))
+            async for event in events:
+                yield sse(writer.chunk(event))
+                if event["event"] == END and include_usage:
+                    yield sse(writer.usage_chunk(event))
+            yield sse("[DONE]")
+        except Exception:  # headers are sent: report in-band, as OpenAI does, and end the stream
+            logger.exception("stream %s failed", job.request_id)
+            yield sse(errors.server_error(job.request_id).body())
+        finally:
+            self._release(job, events)
+
+    def _release(self, job: GenerateRequest, events) -> None:
+        """Forget the request's load; if the stream did not finish, stop the replica's work."""
+        self._pool_load.remove(job.request_id)
+        events.cancel()

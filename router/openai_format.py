@@ -1,0 +1,97 @@
+"""Replica events -> OpenAI response bodies and SSE chunks (chat and text completions)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from deployments.protocol import DELTA, END
+
+
+def usage_body(end: dict) -> dict:
+    prompt, completion = end["prompt_tokens"], end["completion_tokens"]
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "completion_tokens_details": {"reasoning_tokens": end["reasoning_tokens"]},
+    }
+
+
+def sse(payload: dict | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+@dataclass
+class Collected:
+    """A whole non-streamed answer, gathered from delta events."""
+
+    reasoning: list[str] = field(default_factory=list)
+    content: list[str] = field(default_factory=list)
+    end: dict | None = None
+
+    def add(self, event: dict) -> None:
+        if event["event"] == DELTA:
+            self.reasoning.append(event["reasoning"])
+            self.content.append(event["content"])
+        elif event["event"] == END:
+            self.end = event
+
+
+class ResponseWriter:
+    """Builds bodies for one request; `kind` is 'chat' or 'completion'."""
+
+    def __init__(self, kind: str, request_id: str, model: str):
+        self.kind, self.id, self.model = kind, request_id, model
+        self.created = int(time.time())
+        self.object = "chat.completion" if kind == "chat" else "text_completion"
+
+    def _envelope(self, obj: str, choices: list[dict]) -> dict:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
+
+    def full(self, collected: Collected) -> dict:
+        end = collected.end or {}
+        reasoning, content = "".join(collected.reasoning), "".join(collected.content)
+        finish = end.get("finish_reason", "stop")
+        if self.kind == "chat":
+            message = {
+                "role": "assistant",
+                "content": content,
+                "reasoning_content": reasoning or None,
+                "reasoning": reasoning or None,  # vLLM >= 0.17 name, for clients that read it
+                "tool_calls": [],
+            }
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": reasoning + content, "logprobs": None, "finish_reason": finish}
+        body = self._envelope(self.object, [choice])
+        body["usage"] = usage_body(end) if end else None
+        return body
+
+    def chunk(self, event: dict | None, *, first: bool = False) -> dict:
+        """An SSE chunk for a delta event, the opening role chunk (first) or the finish (END)."""
+        finish = event["finish_reason"] if event and event["event"] == END else None
+        if self.kind == "chat":
+            delta: dict = {}
+            if first:
+                delta = {"role": "assistant", "content": ""}
+            elif event and event["event"] == DELTA:
+                if event["reasoning"]:
+                    delta["reasoning_content"] = delta["reasoning"] = event["reasoning"]
+                if event["content"]:
+                    delta["content"] = event["content"]
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            obj = "chat.completion.chunk"
+        else:
+            text = (event["reasoning"] + event["content"]) if event and event["event"] == DELTA else ""
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            obj = "text_completion"
+        return self._envelope(obj, [choice])
+
+    def usage_chunk(self, end: dict) -> dict:
+        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        body = self._envelope(obj, [])
+        body["usage"] = usage_body(end)
+        return body

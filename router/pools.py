@@ -1,0 +1,83 @@
+"""Pool choice by prompt length: cheapest pool that can hold the request, spill when saturated.
+
+A request passes a filter (can this pool hold the prompt and the completion it asks for?), then
+the preferred pool is the first survivor in config order (pools are listed cheapest first). When
+that pool is saturated the request spills to the next survivor that is not; when every survivor
+is saturated it queues at the preferred one. A pool that cannot hold the context is never chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from router.context_cap import ContextLengthExceeded
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    name: str
+    max_model_len: int  # prompt + completion the engine holds
+    max_prompt_tokens: int  # longest prompt the pool takes
+    spill_at_outstanding_tokens: int  # saturated at or above this much outstanding work
+
+    def context_limit(self, cap: int) -> int:
+        return min(cap, self.max_model_len)
+
+    def holds(self, prompt_tokens: int, max_tokens: int | None, cap: int) -> bool:
+        wanted = 1 if max_tokens is None else max_tokens  # at least one completion token
+        return (
+            prompt_tokens <= self.max_prompt_tokens
+            and prompt_tokens + wanted <= self.context_limit(cap)
+        )
+
+
+@dataclass(frozen=True)
+class PoolChoice:
+    pool: PoolLimits
+    reason: str  # one line for logs and trace spans
+    candidates: tuple[str, ...]  # pools that could hold the request, preferred first
+
+
+def pools_that_hold(
+    prompt_tokens: int, max_tokens: int | None, pools: Sequence[PoolLimits], cap: int
+) -> tuple[PoolLimits, ...]:
+    return tuple(p for p in pools if p.holds(prompt_tokens, max_tokens, cap))
+
+
+def choose_pool(
+    prompt_tokens: int,
+    max_tokens: int | None,
+    pools: Sequence[PoolLimits],
+    outstanding_tokens: Mapping[str, int],
+    cap: int,
+) -> PoolChoice:
+    """Pick the pool for a request whose max_tokens already passed the cap (see context_cap)."""
+    fitting = pools_that_hold(prompt_tokens, max_tokens, pools, cap)
+    if not fitting:
+        biggest = max(p.context_limit(cap) for p in pools)
+        raise ContextLengthExceeded(
+            f"No pool can hold this request: {prompt_tokens} prompt tokens"
+            + ("" if max_tokens is None else f" + {max_tokens} completion tokens")
+            + f"; the largest pool holds {biggest} tokens.",
+            prompt_tokens=prompt_tokens,
+            limit=biggest,
+        )
+    names = tuple(p.name for p in fitting)
+    preferred = fitting[0]
+
+    def saturated(pool: PoolLimits) -> bool:
+        return outstanding_tokens.get(pool.name, 0) >= pool.spill_at_outstanding_tokens
+
+    if not saturated(preferred):
+        return PoolChoice(preferred, f"{preferred.name}: cheapest pool that holds the request", names)
+    for pool in fitting[1:]:
+        if not saturated(pool):
+            return PoolChoice(
+                pool,
+                f"{pool.name}: spilled, {preferred.name} saturated "
+                f"({outstanding_tokens.get(preferred.name, 0)} >= "
+                f"{preferred.spill_at_outstanding_tokens} outstanding tokens)",
+                names,
+            )
+    return PoolChoice(preferred, f"{preferred.name}: every pool that holds it is saturated", names)

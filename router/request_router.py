@@ -1,0 +1,76 @@
+"""Ray Serve RequestRouter that ranks a pool's replicas by outstanding work in tokens.
+
+Thin adapter over router.balancing: it reads the replicas' `routing_stats` (published by their
+`record_routing_stats`) and its own in-flight ledger, and returns one rank per replica, best first.
+Serve then takes the first rank with room (by its queue-length cache) and falls back down the
+ranks, backing off when all are full. Attach with:
+
+    request_router_config:
+      request_router_class: router.request_router:TokenLoadRouter
+      request_router_kwargs: {metric: tokens}
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+
+from router.balancing import Metric, ReplicaLoad, rank
+from router.inflight import InFlight
+
+logger = logging.getLogger("ray.serve")
+
+STATS_TOKENS = "outstanding_tokens"
+STATS_REQUESTS = "ongoing_requests"
+
+
+def request_work_tokens(pending_request: PendingRequest | None) -> int:
+    """Work a pending request brings: `work_tokens` of its first argument, if it has one."""
+    if pending_request is None or not pending_request.args:
+        return 0
+    return int(getattr(pending_request.args[0], "work_tokens", 0) or 0)
+
+
+class TokenLoadRouter(RequestRouter):
+    def initialize_state(self, metric: Metric = "tokens", **_: Any) -> None:
+        if metric not in ("tokens", "requests"):
+            raise ValueError(f"metric must be 'tokens' or 'requests', not {metric!r}")
+        self._metric: Metric = metric
+        self._inflight = InFlight()
+
+    def _load(self, replica: RunningReplica) -> ReplicaLoad:
+        stats = replica.routing_stats or {}
+        key = replica.replica_id.unique_id
+        return ReplicaLoad(
+            replica_id=key,
+            reported_tokens=int(stats.get(STATS_TOKENS, 0)),
+            reported_requests=int(stats.get(STATS_REQUESTS, 0)),
+            local_tokens=self._inflight.tokens(key),
+            local_requests=self._inflight.requests(key),
+        )
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        order = rank((self._load(r) for r in candidate_replicas), self._metric)
+        # Serve sends to the first rank with room. Book the work on that replica now, so the
+        # next request of a burst sees it before any stats report could; completion unbooks it.
+        available = {r.replica_id.unique_id for r in self.select_available_replicas(candidate_replicas)}
+        if pending_request is not None:
+            target = next((rid for rid in order if rid in available), order[0])
+            self._inflight.add(
+                target,
+                pending_request.metadata.internal_request_id,
+                request_work_tokens(pending_request),
+            )
+        return [[by_id[rid]] for rid in order]
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        self._inflight.remove(internal_request_id)
