@@ -32,11 +32,11 @@ class ReplicaLoad:
         return max(self.reported_requests, self.local_requests)
 
 
-def score(load: ReplicaLoad, metric: Metric = "tokens") -> tuple[int, int]:
-    """Lower is better; ties on the main metric break on the other one."""
+def score(load: ReplicaLoad, metric: Metric = "tokens") -> tuple[int, ...]:
+    """Lower is better. `requests` counts requests only, as Serve's default router does."""
     if metric == "tokens":
         return (load.tokens, load.requests)
-    return (load.requests, load.tokens)
+    return (load.requests,)
 
 
 def rank(loads: Iterable[ReplicaLoad], metric: Metric = "tokens") -> list[str]:

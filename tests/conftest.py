@@ -1,0 +1,18 @@
+import pytest
+
+from router.tokens import TekkenCounter
+
+
+@pytest.fixture(scope="session")
+def counter() -> TekkenCounter:
+    """One Tekken tokenizer for the whole run (loading takes ~3 s)."""
+    return TekkenCounter()
+
+
+def user_prompt_with_tokens(counter: TekkenCounter, target: int) -> list[dict]:
+    """Chat messages whose exact prompt count is `target` tokens (checked, not assumed)."""
+    overhead = counter.count_chat([{"role": "user", "content": "hello"}]) - 1
+    messages = [{"role": "user", "content": "hello " * (target - overhead - 1) + "hello"}]
+    got = counter.count_chat(messages)
+    assert got == target, f"built {got} tokens, wanted {target}"
+    return messages

@@ -1,0 +1,81 @@
+import random
+
+import pytest
+
+from router.admission import admit, bound_decides
+from router.context_cap import ContextLengthExceeded, OverflowPolicy
+from router.pools import PoolLimits
+from router.tokens import chat_upper_bound
+from tests.conftest import user_prompt_with_tokens
+
+CAP = 40_960
+POOLS = [
+    PoolLimits("short", max_model_len=16_384, max_prompt_tokens=8_192, spill_at_outstanding_tokens=10**9),
+    PoolLimits("long", max_model_len=40_960, max_prompt_tokens=40_959, spill_at_outstanding_tokens=10**9),
+]
+
+
+def never_count() -> int:
+    raise AssertionError("exact count was not needed")
+
+
+def run(bound, count, max_tokens=None, policy=OverflowPolicy.CLAMP):
+    return admit(upper_bound=bound, count_exact=count, max_tokens=max_tokens, pools=POOLS,
+                 outstanding_tokens={}, cap=CAP, policy=policy)
+
+
+def test_small_prompt_skips_exact_count():
+    adm = run(500, never_count, max_tokens=100)
+    assert (adm.pool, adm.prompt_tokens, adm.max_tokens, adm.context_limit) == ("short", None, 100, 16_384)
+
+
+def test_bound_near_a_pool_threshold_needs_exact_count():
+    adm = run(9_000, lambda: 2_000)
+    assert (adm.pool, adm.prompt_tokens) == ("short", 2_000)
+    assert adm.max_tokens == 16_384 - 2_000  # missing max_tokens: what is left of the pool's limit
+
+
+def test_counted_prompt_over_short_limit_goes_long_with_rest_of_cap():
+    adm = run(80_000, lambda: 20_000)
+    assert (adm.pool, adm.max_tokens) == ("long", CAP - 20_000)
+
+
+def test_clamp_and_strict():
+    adm = run(200_000, lambda: 30_000, max_tokens=20_000)
+    assert (adm.pool, adm.max_tokens, adm.clamped_from) == ("long", 10_960, 20_000)
+    with pytest.raises(ContextLengthExceeded):
+        run(200_000, lambda: 30_000, max_tokens=20_000, policy=OverflowPolicy.STRICT)
+
+
+def test_prompt_at_cap_is_refused():
+    with pytest.raises(ContextLengthExceeded):
+        run(10**6, lambda: CAP)
+
+
+def test_bound_decides_only_when_every_count_below_it_decides_alike():
+    assert bound_decides(8_000, None, POOLS, CAP)
+    assert not bound_decides(8_193, None, POOLS, CAP)  # short pool might refuse it
+    assert not bound_decides(100, 16_300, POOLS, CAP)  # completion might not fit short
+    assert not bound_decides(100, CAP, POOLS, CAP)  # might need clamping
+
+
+def test_skipped_count_gives_the_same_decision_as_the_exact_count(counter):
+    rng = random.Random(7)
+    words = ["hello", "Bonjour", "数据", "🙂", "  ", "\n", "x" * 40, "naïve"]
+    for _ in range(200):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 3_000)))
+        messages = [{"role": "user", "content": text}]
+        max_tokens = rng.choice([None, 1, 500, 8_000, 16_000, 40_000])
+        exact = counter.count_chat(messages)
+        bound = chat_upper_bound(messages)
+        fast = run(bound, lambda: exact, max_tokens)
+        slow = run(10**9, lambda: exact, max_tokens)  # a bound that never decides: always counts
+        assert fast.pool == slow.pool
+        granted = fast.max_tokens if fast.max_tokens is not None else fast.context_limit - exact
+        assert granted == slow.max_tokens
+
+
+def test_twenty_thousand_token_prompt_goes_long(counter):
+    messages = user_prompt_with_tokens(counter, 20_000)
+    adm = run(chat_upper_bound(messages), lambda: counter.count_chat(messages))
+    assert (adm.pool, adm.prompt_tokens) == ("long", 20_000)
