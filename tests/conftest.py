@@ -1,3 +1,9 @@
+import os
+
+# The local Ray head enables token auth; a driver reads the mode when Ray is imported, so set it
+# before any test module imports ray (the token itself is the one the head wrote under ~/.ray).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
 import pytest
 
 from router.tokens import TekkenCounter

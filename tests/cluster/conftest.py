@@ -1,0 +1,122 @@
+"""One local Ray cluster per test session, started the way `make run` starts it.
+
+The launcher runs as a subprocess (`python -m cluster.local run configs/local.yaml`); teardown
+sends it Ctrl-C and then checks that every process it had started is gone.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 300
+DEMO_KEY = "sk-local-demo"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory):
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("cluster") / "launcher.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cluster.local", "run", "configs/local.yaml", "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    ready: dict = {}
+    got_ready = threading.Event()
+
+    def pump():
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            if line.startswith("READY "):
+                ready.update(json.loads(line[6:]))
+                got_ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not got_ready.wait(1) and proc.poll() is None and time.monotonic() < deadline:
+        pass
+    if not ready:
+        proc.kill()
+        pytest.fail(f"local cluster did not start; log: {log_path}\n{log_path.read_text()[-4000:]}")
+    ready["port"] = port
+    ready["root_url"] = f"http://127.0.0.1:{port}"
+    try:
+        yield ready
+    finally:
+        started = _descendants(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("launcher did not stop within 120 s of Ctrl-C")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(p) for p in started):
+            time.sleep(0.5)
+        left = sorted(p for p in started if _alive(p))
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"processes left behind by the local cluster: {left}"
+
+
+@pytest.fixture(scope="session")
+def ray_driver(local_cluster):
+    """This test process connected to the shared cluster (for handles and extra test apps)."""
+    import ray
+
+    ray.init(address=local_cluster["ray_address"], logging_level="WARNING", log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def base_url(local_cluster) -> str:
+    return local_cluster["base_url"]
+
+
+@pytest.fixture()
+def auth() -> dict:
+    return {"Authorization": f"Bearer {DEMO_KEY}"}
