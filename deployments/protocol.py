@@ -12,6 +12,10 @@ from typing import Any, Literal
 
 START, DELTA, END = "start", "delta", "end"
 
+# Routing stats every replica publishes through `record_routing_stats` (read by TokenLoadRouter).
+STAT_QUEUED_TOKENS = "queued_tokens"  # prompt + expected completion tokens of requests it holds
+STAT_ONGOING_REQUESTS = "ongoing_requests"
+
 # Completion tokens a request is expected to generate, for load estimates only: max_tokens is
 # often the whole remaining context, which says little about the work actually queued.
 DEFAULT_DECODE_ESTIMATE = 256

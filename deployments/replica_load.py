@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from deployments.protocol import STAT_ONGOING_REQUESTS, STAT_QUEUED_TOKENS
+
 
 @dataclass
 class ReplicaLoadTracker:
-    outstanding_tokens: int = 0
+    queued_tokens: int = 0
     ongoing_requests: int = 0
     completed: int = 0
     cancelled: int = 0
 
     def begin(self, work_tokens: int) -> None:
-        self.outstanding_tokens += work_tokens
+        self.queued_tokens += work_tokens
         self.ongoing_requests += 1
 
     def end(self, work_tokens: int, *, cancelled: bool) -> None:
-        self.outstanding_tokens -= work_tokens
+        self.queued_tokens -= work_tokens
         self.ongoing_requests -= 1
         if cancelled:
             self.cancelled += 1
@@ -25,4 +27,4 @@ class ReplicaLoadTracker:
             self.completed += 1
 
     def routing_stats(self) -> dict[str, int]:
-        return {"outstanding_tokens": self.outstanding_tokens, "ongoing_requests": self.ongoing_requests}
+        return {STAT_QUEUED_TOKENS: self.queued_tokens, STAT_ONGOING_REQUESTS: self.ongoing_requests}

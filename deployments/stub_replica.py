@@ -5,7 +5,7 @@ not hand over a count), writes deterministic `<think>...</think>` text then an a
 Tekken token at a time, and emulates the speed of a GPU class: `prefill_tokens_per_s` before the
 first token and `decode_ms_per_token` between tokens. `max_tokens` and `stop` are honoured;
 generation stops when the caller goes away (Serve cancels the generator). It publishes routing
-stats (outstanding tokens, ongoing requests) through `record_routing_stats`.
+stats (queued tokens, ongoing requests) through `record_routing_stats`.
 """
 
 from __future__ import annotations

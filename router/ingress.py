@@ -7,6 +7,7 @@ x-replica. A client that goes away cancels the replica's generator.
 """
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -158,10 +159,12 @@ class RouterIngress:
             raise errors.model_not_found(model)
 
     async def _admit(self, bound: int, count, max_tokens: int | None) -> Admission:
+        outstanding = self._pool_load.snapshot_tokens()  # read on the loop, not in the thread
+
         def decide() -> Admission:
             return admit(
                 upper_bound=bound, count_exact=count, max_tokens=max_tokens, pools=self._limits,
-                outstanding_tokens=self._pool_load.snapshot_tokens(), cap=self._config.context_cap,
+                outstanding_tokens=outstanding, cap=self._config.context_cap,
                 policy=self._config.overflow_policy,
             )
 
@@ -182,16 +185,18 @@ class RouterIngress:
 
     async def _serve(self, job: GenerateRequest, admission: Admission, writer: ResponseWriter, stream: bool, include_usage: bool):
         pool = admission.pool
-        self._pool_load.add(pool, job.request_id, job.work_tokens)
+        load_key = uuid.uuid4().hex  # client-chosen request ids may repeat; this may not
+        self._pool_load.add(pool, load_key, job.work_tokens)
         events = self._pools[pool].options(stream=True).generate.remote(job)
+        release = functools.partial(self._release, load_key, events)
         try:
             start = await events.__anext__()
         except Exception as exc:
-            self._release(job, events)
+            release()
             logger.exception("pool %s failed to start request %s", pool, job.request_id)
             raise errors.unavailable(f"Pool '{pool}' could not take the request; retry shortly.") from exc
         except BaseException:  # cancelled: the client went away
-            self._release(job, events)
+            release()
             raise
         assert start["event"] == START, start
         # x-request-id is added to every response by Serve's proxy (see _request_id).
@@ -202,14 +207,14 @@ class RouterIngress:
                 async for event in events:
                     collected.add(event)
             finally:
-                self._release(job, events)
+                release()
             return JSONResponse(writer.full(collected), headers=headers)
         return StreamingResponse(
-            self._sse(job, events, writer, include_usage), media_type="text/event-stream",
+            self._sse(job, events, writer, include_usage, release), media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
         )
 
-    async def _sse(self, job: GenerateRequest, events, writer: ResponseWriter, include_usage: bool) -> AsyncIterator[bytes]:
+    async def _sse(self, job: GenerateRequest, events, writer: ResponseWriter, include_usage: bool, release) -> AsyncIterator[bytes]:
         try:
             yield sse(writer.chunk(None, first=True))
             async for event in events:
@@ -221,9 +226,9 @@ class RouterIngress:
             logger.exception("stream %s failed", job.request_id)
             yield sse(errors.server_error(job.request_id).body())
         finally:
-            self._release(job, events)
+            release()
 
-    def _release(self, job: GenerateRequest, events) -> None:
+    def _release(self, load_key: str, events) -> None:
         """Forget the request's load; if the stream did not finish, stop the replica's work."""
-        self._pool_load.remove(job.request_id)
+        self._pool_load.remove(load_key)
         events.cancel()

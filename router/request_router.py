@@ -17,13 +17,12 @@ from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
+from deployments.protocol import STAT_ONGOING_REQUESTS, STAT_QUEUED_TOKENS
 from router.balancing import Metric, ReplicaLoad, rank
 from router.inflight import InFlight
 
 logger = logging.getLogger("ray.serve")
 
-STATS_TOKENS = "outstanding_tokens"
-STATS_REQUESTS = "ongoing_requests"
 
 
 def request_work_tokens(pending_request: PendingRequest | None) -> int:
@@ -45,8 +44,8 @@ class TokenLoadRouter(RequestRouter):
         key = replica.replica_id.unique_id
         return ReplicaLoad(
             replica_id=key,
-            reported_tokens=int(stats.get(STATS_TOKENS, 0)),
-            reported_requests=int(stats.get(STATS_REQUESTS, 0)),
+            reported_tokens=int(stats.get(STAT_QUEUED_TOKENS, 0)),
+            reported_requests=int(stats.get(STAT_ONGOING_REQUESTS, 0)),
             local_tokens=self._inflight.tokens(key),
             local_requests=self._inflight.requests(key),
         )

@@ -52,7 +52,7 @@ def test_client_disconnect_stops_generation(local_cluster, ray_driver, auth):
         if stats["cancelled"] == 1:
             break
         time.sleep(0.1)
-    assert (stats["cancelled"], stats["completed"], stats["ongoing_requests"], stats["outstanding_tokens"]) == (1, 0, 0, 0)
+    assert (stats["cancelled"], stats["completed"], stats["ongoing_requests"], stats["queued_tokens"]) == (1, 0, 0, 0)
     serve.delete("slow")
 
 
