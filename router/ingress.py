@@ -75,6 +75,15 @@ def _bearer_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
+def _job(request_id: str, kind: str, admission: Admission, body, **prompt) -> GenerateRequest:
+    """The replica's request: the prompt plus what admission decided."""
+    return GenerateRequest(
+        request_id=request_id, kind=kind, context_limit=admission.context_limit,
+        prompt_tokens=admission.prompt_tokens, prompt_tokens_bound=admission.prompt_tokens_bound,
+        max_tokens=admission.max_tokens, stop=body.stop_list(), sampling=body.sampling(), **prompt,
+    )
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
 @serve.ingress(app)
 class RouterIngress:
@@ -115,39 +124,33 @@ class RouterIngress:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest, request: Request):
-        request_id = _request_id(request)
-        self._authenticate(request)
-        self._check_model(body.model)
-        messages = body.message_dicts()
-        tools = body.tools
-        bound = chat_upper_bound(messages, tools)
-        admission = await self._admit(bound, lambda: self._counter.count_chat(messages, tools), body.requested_max_tokens())
+        request_id = self._begin(request, body.model)
+        messages, tools = body.message_dicts(), body.tools
+        admission = await self._admit(
+            chat_upper_bound(messages, tools), lambda: self._counter.count_chat(messages, tools), body.requested_max_tokens()
+        )
         if admission.prompt_tokens is None:  # not counted: still refuse what the template rejects
             self._guard_prompt(lambda: self._counter.validate_chat(messages, tools))
-        job = GenerateRequest(
-            request_id=request_id, kind="chat", context_limit=admission.context_limit,
-            messages=messages, tools=tools, prompt_tokens=admission.prompt_tokens,
-            prompt_tokens_bound=admission.prompt_tokens_bound, max_tokens=admission.max_tokens,
-            stop=body.stop_list(), sampling=body.sampling(),
-        )
+        job = _job(request_id, "chat", admission, body, messages=messages, tools=tools)
         return await self._serve(job, admission, ResponseWriter("chat", f"chatcmpl-{request_id}", body.model), body.stream, body.include_usage)
 
     @app.post("/v1/completions")
     async def completions(self, body: CompletionRequest, request: Request):
-        request_id = _request_id(request)
-        self._authenticate(request)
-        self._check_model(body.model)
+        request_id = self._begin(request, body.model)
         prompt = body.prompt_text()
-        admission = await self._admit(text_upper_bound(prompt), lambda: self._counter.count_text(prompt), body.requested_max_tokens())
-        job = GenerateRequest(
-            request_id=request_id, kind="completion", context_limit=admission.context_limit,
-            prompt=prompt, prompt_tokens=admission.prompt_tokens,
-            prompt_tokens_bound=admission.prompt_tokens_bound, max_tokens=admission.max_tokens,
-            stop=body.stop_list(), sampling=body.sampling(),
+        admission = await self._admit(
+            text_upper_bound(prompt), lambda: self._counter.count_text(prompt), body.requested_max_tokens()
         )
+        job = _job(request_id, "completion", admission, body, prompt=prompt)
         return await self._serve(job, admission, ResponseWriter("completion", f"cmpl-{request_id}", body.model), body.stream, body.include_usage)
 
     # ---- steps --------------------------------------------------------------------------
+    def _begin(self, request: Request, model: str) -> str:
+        """Checks every generation route makes first; returns the request id."""
+        self._authenticate(request)
+        self._check_model(model)
+        return _request_id(request)
+
     def _authenticate(self, request: Request) -> Tenant:
         tenant = self._tenants.authenticate(_bearer_key(request))
         if tenant is None:
