@@ -23,18 +23,23 @@ def build_app(args: dict[str, Any]) -> Application:
     config = AppConfig.from_args(args)
     config = config.model_copy(update={"tokenizer_path": _absolute(config.tokenizer_path)})
     pools = {}
-    for pool in config.pools:
-        deployment = StubReplica.options(
-            name=f"pool-{pool.name}",
-            num_replicas=pool.num_replicas,
-            max_ongoing_requests=pool.max_ongoing_requests,
-            request_router_config=RequestRouterConfig(
+    for pool in config.enabled_pools:
+        serve_options = {
+            "name": f"pool-{pool.name}",
+            "max_ongoing_requests": pool.max_ongoing_requests,
+            "request_router_config": RequestRouterConfig(
                 request_router_class=TokenLoadRouter,
                 request_router_kwargs={"metric": pool.routing_metric},
                 request_routing_stats_period_s=pool.routing_stats_period_s,
             ),
-        )
-        pools[pool.name] = deployment.bind(
+            **pool.serve_scaling(),
+        }
+        if pool.engine.kind == "vllm":
+            from deployments.vllm_replica import build_vllm_pool  # needs the vllm extra
+
+            pools[pool.name] = build_vllm_pool(pool, config, serve_options)
+            continue
+        pools[pool.name] = StubReplica.options(**serve_options).bind(
             pool=pool.name,
             accelerator=pool.accelerator,
             prefill_tokens_per_s=pool.engine.prefill_tokens_per_s,

@@ -22,18 +22,65 @@ class StubEngine(BaseModel):
     decode_ms_per_token: float = Field(5.0, ge=0)
 
 
+class VLLMEngine(BaseModel):
+    """A real vLLM engine hosted by ray.serve.llm (deployments/vllm_replica.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["vllm"] = "vllm"
+    model_source: str  # local dir or hub id: params.json, consolidated.safetensors, tekken.json
+    device: Literal["gpu", "cpu"] = "gpu"
+    accelerator_type: str | None = None  # Ray accelerator type of the GPU (H100, L40S, ...)
+    custom_resources: dict[str, float] = Field(default_factory=dict)  # per GPU, e.g. {rtx4090: 1}
+    tensor_parallel_size: int = Field(1, ge=1)
+    placement_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = "STRICT_PACK"
+    quantization: str | None = None
+    max_num_seqs: int | None = Field(None, ge=1)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra vLLM args; override ours
+    env_vars: dict[str, str] = Field(default_factory=dict)  # e.g. VLLM_CPU_KVCACHE_SPACE
+
+    @model_validator(mode="after")
+    def _device_resources(self) -> "VLLMEngine":
+        if self.device == "cpu" and (self.accelerator_type or self.custom_resources):
+            raise ValueError("a cpu engine takes no accelerator_type or custom_resources")
+        return self
+
+
+class Autoscaling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_replicas: int = Field(1, ge=1)  # >= 1: /health needs a ready replica in every pool
+    max_replicas: int = Field(ge=1)
+    target_ongoing_requests: float = Field(16, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Autoscaling":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas must be >= min_replicas")
+        return self
+
+
 class PoolConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    enabled: bool = True  # a disabled pool is validated but not deployed
     accelerator: str = "stub"
     max_model_len: int = Field(gt=0)
     max_prompt_tokens: int | None = Field(None, gt=0)  # default: max_model_len - 1
     spill_at_outstanding_tokens: int = Field(200_000, gt=0)
-    num_replicas: int = Field(1, ge=1)
+    num_replicas: int = Field(1, ge=1)  # ignored when autoscaling is set
+    autoscaling: Autoscaling | None = None
     max_ongoing_requests: int = Field(64, ge=1)
     routing_metric: Literal["tokens", "requests"] = "tokens"
     routing_stats_period_s: float = Field(0.2, gt=0)
-    engine: StubEngine = Field(default_factory=StubEngine)
+    engine: StubEngine | VLLMEngine = Field(default_factory=StubEngine, discriminator="kind")
+
+    def serve_scaling(self) -> dict[str, Any]:
+        """Serve deployment options for the replica count."""
+        if self.autoscaling is None:
+            return {"num_replicas": self.num_replicas}
+        a = self.autoscaling
+        return {"autoscaling_config": {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+                                       "target_ongoing_requests": a.target_ongoing_requests}}
 
     def limits(self) -> PoolLimits:
         return PoolLimits(
@@ -54,14 +101,29 @@ class AppConfig(BaseModel):
     overflow_policy: OverflowPolicy = OverflowPolicy.CLAMP
     tokenizer_path: str | None = None  # Tekken file; None: the one mistral-common ships
     tenants_file: str = "configs/tenants.yaml"
+    # Magistral's recommended sampling, applied when a request leaves a value out.
+    default_sampling: dict[str, float] = Field(default_factory=lambda: {"temperature": 0.7, "top_p": 0.95})
+    # The model's SYSTEM_PROMPT.txt, sent as the system message when a request has none.
+    system_prompt_file: str | None = None
     pools: list[PoolConfig] = Field(min_length=1)  # cheapest first
 
     @model_validator(mode="after")
-    def _unique_pools(self) -> "AppConfig":
+    def _pools(self) -> "AppConfig":
         names = [p.name for p in self.pools]
         if len(set(names)) != len(names):
             raise ValueError(f"pool names must be unique: {names}")
+        if not any(p.enabled for p in self.pools):
+            raise ValueError("at least one pool must be enabled")
+        for p in self.pools:
+            # An engine never needs more context than the cap; keeping it <= the cap also makes
+            # the engine's own default max_tokens equal what is left of the cap.
+            if p.max_model_len > self.context_cap:
+                raise ValueError(f"pool {p.name}: max_model_len {p.max_model_len} > context_cap {self.context_cap}")
         return self
+
+    @property
+    def enabled_pools(self) -> list[PoolConfig]:
+        return [p for p in self.pools if p.enabled]
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> "AppConfig":
@@ -75,4 +137,4 @@ class AppConfig(BaseModel):
         return [self.model_id, *self.model_aliases]
 
     def pool_limits(self) -> list[PoolLimits]:
-        return [p.limits() for p in self.pools]
+        return [p.limits() for p in self.enabled_pools]
