@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-START, DELTA, END = "start", "delta", "end"
+START, DELTA, END, ERROR = "start", "delta", "end", "error"
 
 # Routing stats every replica publishes through `record_routing_stats` (read by TokenLoadRouter).
 STAT_QUEUED_TOKENS = "queued_tokens"  # prompt + expected completion tokens of requests it holds
@@ -29,6 +29,8 @@ class GenerateRequest:
     messages: list[dict] | None = None
     prompt: str | None = None
     tools: list[dict] | None = None
+    tool_choice: Any = None
+    stream: bool = True  # the client streams; a replica may answer a non-stream request at once
     prompt_tokens: int | None = None  # exact count from the router; None: the replica counts
     prompt_tokens_bound: int = 0  # upper bound, for load estimates before the replica counts
     max_tokens: int | None = None  # None: context_limit - prompt_tokens
@@ -47,7 +49,10 @@ def work_tokens(prompt_tokens: int, max_tokens: int | None, decode_estimate: int
     return prompt_tokens + decode
 
 
-def start_event(*, replica: str, node_id: str, pool: str, accelerator: str, prompt_tokens: int, max_tokens: int) -> dict:
+def start_event(
+    *, replica: str, node_id: str, pool: str, accelerator: str, prompt_tokens: int | None, max_tokens: int | None
+) -> dict:
+    """prompt_tokens / max_tokens: None when the engine decides them (final figures are in END)."""
     return {
         "event": START,
         "replica": replica,
@@ -59,8 +64,14 @@ def start_event(*, replica: str, node_id: str, pool: str, accelerator: str, prom
     }
 
 
-def delta_event(*, reasoning: str = "", content: str = "") -> dict:
-    return {"event": DELTA, "reasoning": reasoning, "content": content}
+def delta_event(*, reasoning: str = "", content: str = "", tool_calls: list[dict] | None = None) -> dict:
+    """tool_calls: OpenAI tool-call deltas (index, id, function.name, function.arguments piece)."""
+    return {"event": DELTA, "reasoning": reasoning, "content": content, "tool_calls": tool_calls or []}
+
+
+def error_event(*, status: int, message: str, type: str = "invalid_request_error", param: str | None = None) -> dict:
+    """The engine refused or failed the request (vLLM's ErrorResponse, carried over)."""
+    return {"event": ERROR, "status": status, "message": message, "type": type, "param": param}
 
 
 def end_event(*, finish_reason: str, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int) -> dict:

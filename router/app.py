@@ -19,9 +19,17 @@ def _absolute(path: str | None) -> str | None:
     return os.path.abspath(path) if path else path
 
 
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
+
+
 def build_app(args: dict[str, Any]) -> Application:
     config = AppConfig.from_args(args)
-    config = config.model_copy(update={"tokenizer_path": _absolute(config.tokenizer_path)})
+    config = config.model_copy(update={
+        "tokenizer_path": _absolute(config.tokenizer_path),
+        "system_prompt": _read(config.system_prompt_file) if config.system_prompt_file else config.system_prompt,
+    })
     pools = {}
     for pool in config.enabled_pools:
         serve_options = {
@@ -48,4 +56,4 @@ def build_app(args: dict[str, Any]) -> Application:
         )
     # Read here so a bad tenants file fails the deploy, not a replica later.
     tenants = TenantDirectory.from_file(_absolute(config.tenants_file)).digests_by_tenant
-    return RouterIngress.options(name="router").bind(config.model_dump(mode="json"), tenants, pools)
+    return RouterIngress.options(name="router", num_replicas=config.router_replicas).bind(config.model_dump(mode="json"), tenants, pools)

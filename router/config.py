@@ -101,10 +101,13 @@ class AppConfig(BaseModel):
     overflow_policy: OverflowPolicy = OverflowPolicy.CLAMP
     tokenizer_path: str | None = None  # Tekken file; None: the one mistral-common ships
     tenants_file: str = "configs/tenants.yaml"
+    router_replicas: int = Field(1, ge=1)
     # Magistral's recommended sampling, applied when a request leaves a value out.
     default_sampling: dict[str, float] = Field(default_factory=lambda: {"temperature": 0.7, "top_p": 0.95})
-    # The model's SYSTEM_PROMPT.txt, sent as the system message when a request has none.
+    # The model's SYSTEM_PROMPT.txt, sent as the system message when a request has none. Read
+    # once at deploy time (build_app) into `system_prompt`.
     system_prompt_file: str | None = None
+    system_prompt: str | None = None
     pools: list[PoolConfig] = Field(min_length=1)  # cheapest first
 
     @model_validator(mode="after")

@@ -19,13 +19,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.protocol import END, START, GenerateRequest
+from deployments.protocol import END, ERROR, START, GenerateRequest
 from router import errors
 from router.admission import Admission, admit
 from router.api_models import ChatCompletionRequest, CompletionRequest
 from router.config import AppConfig
 from router.context_cap import ContextLengthExceeded
 from router.inflight import InFlight
+from router.magistral_defaults import with_default_sampling, with_system_prompt
 from router.openai_format import Collected, ResponseWriter, sse
 from router.tenants import Tenant, TenantDirectory
 from router.tokens import PromptInvalid, TekkenCounter, chat_upper_bound, text_upper_bound
@@ -68,6 +69,12 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return errors.server_error(request_id).response()
 
 
+def _engine_error(event: dict) -> errors.APIError:
+    """An engine refusal (vLLM's 4xx) reaches the client as is; its failures as a 5xx."""
+    status = event["status"] if 400 <= event["status"] < 600 else 500
+    return errors.APIError(status, event["message"], type=event["type"], param=event["param"])
+
+
 def _bearer_key(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
@@ -75,12 +82,13 @@ def _bearer_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def _job(request_id: str, kind: str, admission: Admission, body, **prompt) -> GenerateRequest:
+def _job(request_id: str, kind: str, admission: Admission, body, sampling_defaults, **prompt) -> GenerateRequest:
     """The replica's request: the prompt plus what admission decided."""
     return GenerateRequest(
-        request_id=request_id, kind=kind, context_limit=admission.context_limit,
+        request_id=request_id, kind=kind, context_limit=admission.context_limit, stream=body.stream,
         prompt_tokens=admission.prompt_tokens, prompt_tokens_bound=admission.prompt_tokens_bound,
-        max_tokens=admission.max_tokens, stop=body.stop_list(), sampling=body.sampling(), **prompt,
+        max_tokens=admission.max_tokens, stop=body.stop_list(),
+        sampling=with_default_sampling(body.sampling(), sampling_defaults), **prompt,
     )
 
 
@@ -125,13 +133,15 @@ class RouterIngress:
     @app.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest, request: Request):
         request_id = self._begin(request, body.model)
-        messages, tools = body.message_dicts(), body.tools
+        messages = with_system_prompt(body.message_dicts(), self._config.system_prompt)
+        tools = body.tools
         admission = await self._admit(
             chat_upper_bound(messages, tools), lambda: self._counter.count_chat(messages, tools), body.requested_max_tokens()
         )
         if admission.prompt_tokens is None:  # not counted: still refuse what the template rejects
             self._guard_prompt(lambda: self._counter.validate_chat(messages, tools))
-        job = _job(request_id, "chat", admission, body, messages=messages, tools=tools)
+        job = _job(request_id, "chat", admission, body, self._config.default_sampling,
+                   messages=messages, tools=tools, tool_choice=body.tool_choice)
         return await self._serve(job, admission, ResponseWriter("chat", f"chatcmpl-{request_id}", body.model), body.stream, body.include_usage)
 
     @app.post("/v1/completions")
@@ -141,7 +151,7 @@ class RouterIngress:
         admission = await self._admit(
             text_upper_bound(prompt), lambda: self._counter.count_text(prompt), body.requested_max_tokens()
         )
-        job = _job(request_id, "completion", admission, body, prompt=prompt)
+        job = _job(request_id, "completion", admission, body, self._config.default_sampling, prompt=prompt)
         return await self._serve(job, admission, ResponseWriter("completion", f"cmpl-{request_id}", body.model), body.stream, body.include_usage)
 
     # ---- steps --------------------------------------------------------------------------
@@ -201,6 +211,9 @@ class RouterIngress:
         except BaseException:  # cancelled: the client went away
             release()
             raise
+        if start["event"] == ERROR:
+            release()
+            raise _engine_error(start)
         assert start["event"] == START, start
         # x-request-id is added to every response by Serve's proxy (see _request_id).
         headers = {"x-pool": pool, "x-replica": start["replica"]}
@@ -208,6 +221,8 @@ class RouterIngress:
             try:
                 collected = Collected()
                 async for event in events:
+                    if event["event"] == ERROR:
+                        raise _engine_error(event)
                     collected.add(event)
             finally:
                 release()
@@ -221,6 +236,9 @@ class RouterIngress:
         try:
             yield sse(writer.chunk(None, first=True))
             async for event in events:
+                if event["event"] == ERROR:  # headers are out: report in-band and stop
+                    yield sse(_engine_error(event).body())
+                    break
                 yield sse(writer.chunk(event))
                 if event["event"] == END and include_usage:
                     yield sse(writer.usage_chunk(event))

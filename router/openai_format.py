@@ -30,14 +30,29 @@ class Collected:
 
     reasoning: list[str] = field(default_factory=list)
     content: list[str] = field(default_factory=list)
+    tool_calls: dict[int, dict] = field(default_factory=dict)  # by index, arguments joined
     end: dict | None = None
 
     def add(self, event: dict) -> None:
         if event["event"] == DELTA:
             self.reasoning.append(event["reasoning"])
             self.content.append(event["content"])
+            for position, delta in enumerate(event.get("tool_calls") or []):
+                self._add_tool_call(delta.get("index", position), delta)
         elif event["event"] == END:
             self.end = event
+
+    def _add_tool_call(self, index: int, delta: dict) -> None:
+        call = self.tool_calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        if delta.get("id"):
+            call["id"] = delta["id"]
+        function = delta.get("function") or {}
+        if function.get("name"):
+            call["function"]["name"] = function["name"]
+        call["function"]["arguments"] += function.get("arguments") or ""
+
+    def tool_call_list(self) -> list[dict]:
+        return [self.tool_calls[i] for i in sorted(self.tool_calls)]
 
 
 class ResponseWriter:
@@ -61,7 +76,7 @@ class ResponseWriter:
                 "content": content,
                 "reasoning_content": reasoning or None,
                 "reasoning": reasoning or None,  # vLLM >= 0.17 name, for clients that read it
-                "tool_calls": [],
+                "tool_calls": collected.tool_call_list(),
             }
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
         else:
@@ -82,6 +97,8 @@ class ResponseWriter:
                     delta["reasoning_content"] = delta["reasoning"] = event["reasoning"]
                 if event["content"]:
                     delta["content"] = event["content"]
+                if event.get("tool_calls"):
+                    delta["tool_calls"] = event["tool_calls"]
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             obj = "chat.completion.chunk"
         else:

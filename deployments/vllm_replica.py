@@ -1,0 +1,195 @@
+"""vLLM replica for a Magistral pool, built on ray.serve.llm's LLMServer.
+
+`MagistralLLMServer` is an `LLMServer` (ray.serve.llm starts and owns the vLLM engine, with the
+engine's own mistral tokenizer, reasoning parser and tool-call parser) that also speaks the
+router's replica interface (deployments/protocol.py): `generate(GenerateRequest)` streams the same
+start / delta / end events as the stub, so the router sends identical requests to both. It
+publishes routing stats: queued tokens and ongoing requests (what the balancer ranks by) plus the
+engine's running / waiting requests and KV-cache usage, pool, accelerator and node.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+
+from deployments.protocol import GenerateRequest, delta_event, end_event, error_event, start_event
+from deployments.replica_load import ReplicaLoadTracker
+from deployments.vllm_config import llm_config_kwargs
+from router.config import AppConfig, PoolConfig
+
+
+class _LatestSchedulerStats:
+    """A vLLM stat logger that keeps the last scheduler snapshot (pushed on every engine step)."""
+
+    def __init__(self) -> None:
+        self.running = self.waiting = 0
+        self.kv_cache_usage = 0.0
+
+    def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
+        if scheduler_stats is not None:
+            self.running = scheduler_stats.num_running_reqs
+            self.waiting = scheduler_stats.num_waiting_reqs
+            self.kv_cache_usage = scheduler_stats.kv_cache_usage
+
+    def log(self) -> None:
+        pass
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def record_sleep_state(self, *args, **kwargs) -> None:
+        pass
+
+    def record_admission_rejection(self, reason) -> None:
+        pass
+
+
+def _sse_payloads(batch) -> list[dict]:
+    """LLMServer streams lists of 'data: {...}' strings (batched); parse them, skip [DONE]."""
+    items = batch if isinstance(batch, list) else [batch]
+    out = []
+    for item in items:
+        if not isinstance(item, str):  # an ErrorResponse object
+            out.append(item.model_dump())
+            continue
+        for line in item.splitlines():
+            if line.startswith("data: ") and line[6:].strip() != "[DONE]":
+                out.append(json.loads(line[6:]))
+    return out
+
+
+class _Usage:
+    def __init__(self) -> None:
+        self.prompt = self.completion = self.reasoning = 0
+        self.finish_reason = "stop"
+
+    def take(self, payload: dict) -> None:
+        usage = payload.get("usage")
+        if usage:
+            self.prompt, self.completion = usage["prompt_tokens"], usage["completion_tokens"]
+            self.reasoning = ((usage.get("completion_tokens_details") or {}).get("reasoning_tokens")) or 0
+        for choice in payload.get("choices") or []:
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+
+    def end(self) -> dict:
+        return end_event(finish_reason=self.finish_reason, prompt_tokens=self.prompt,
+                         completion_tokens=self.completion, reasoning_tokens=self.reasoning)
+
+
+def _delta_from_choice(choice: dict) -> dict:
+    """One event from a chat chunk's delta, a chat message, or a completion choice."""
+    part = choice.get("delta") or choice.get("message") or {}
+    if "text" in choice:  # text completion
+        return delta_event(content=choice.get("text") or "")
+    calls = part.get("tool_calls") or []
+    if "message" in choice:  # whole tool calls: give them the delta shape (with index)
+        calls = [{"index": i, **c} for i, c in enumerate(calls)]
+    return delta_event(reasoning=part.get("reasoning") or part.get("reasoning_content") or "",
+                       content=part.get("content") or "", tool_calls=calls)
+
+
+def _error(payload: dict) -> dict | None:
+    err = payload.get("error")
+    if not err:
+        return None
+    return error_event(status=int(err.get("code") or 500), message=err.get("message", "engine error"),
+                       type=err.get("type") or "invalid_request_error", param=err.get("param"))
+
+
+class MagistralLLMServer(LLMServer):
+    async def __init__(self, llm_config: LLMConfig, *, pool: str, accelerator: str, **kwargs: Any):
+        self._pool, self._accelerator = pool, accelerator
+        self._model_id = llm_config.model_id
+        self._load = ReplicaLoadTracker()
+        self._sched = _LatestSchedulerStats()
+        await super().__init__(llm_config, **kwargs)  # starts the engine
+        # `engine._engine_client` is vLLM's AsyncLLM (private in ray 2.60, which is pinned).
+        self._client = self.engine._engine_client
+        manager = getattr(self._client, "logger_manager", None)
+        if manager is not None:
+            manager.stat_loggers.append(self._sched)
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
+        self._node_id = ray.get_runtime_context().get_node_id()
+
+    def _engine_request(self, request: GenerateRequest):
+        common = dict(model=self._model_id, max_tokens=request.max_tokens, stream=request.stream,
+                      stop=request.stop or None, **request.sampling)
+        if request.stream:
+            common["stream_options"] = {"include_usage": True}
+        if request.kind == "chat":
+            extra = {"tools": request.tools, "tool_choice": request.tool_choice} if request.tools else {}
+            return self.chat, ChatCompletionRequest(messages=request.messages, **extra, **common)
+        return self.completions, CompletionRequest(prompt=request.prompt, **common)
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[dict]:
+        method, engine_request = self._engine_request(request)
+        work = request.work_tokens
+        self._load.begin(work)
+        cancelled = True
+        try:
+            yield start_event(replica=self._replica_id, node_id=self._node_id, pool=self._pool,
+                              accelerator=self._accelerator, prompt_tokens=request.prompt_tokens,
+                              max_tokens=request.max_tokens)
+            usage = _Usage()
+            # Cancelling this generator (the router does when its client goes away) cancels the
+            # engine stream, and vLLM aborts the request.
+            async for batch in await method(engine_request):
+                payloads = [batch.model_dump()] if hasattr(batch, "model_dump") else _sse_payloads(batch)
+                for payload in payloads:
+                    error = _error(payload)
+                    if error is not None:
+                        yield error
+                        cancelled = False
+                        return
+                    usage.take(payload)
+                    for choice in payload.get("choices") or []:
+                        event = _delta_from_choice(choice)
+                        if event["reasoning"] or event["content"] or event["tool_calls"]:
+                            yield event
+            yield usage.end()
+            cancelled = False
+        finally:
+            self._load.end(work, cancelled=cancelled)
+
+    async def record_routing_stats(self) -> dict[str, Any]:
+        stats = dict(await super().record_routing_stats() or {})
+        stats.update(self._load.routing_stats())
+        stats.update(self._engine_stats())
+        return stats
+
+    def _engine_stats(self) -> dict[str, Any]:
+        return {
+            "engine_unfinished": self._client.get_num_unfinished_requests(),
+            "engine_running": self._sched.running,
+            "engine_waiting": self._sched.waiting,
+            "kv_cache_usage": self._sched.kv_cache_usage,
+        }
+
+    async def stats(self) -> dict[str, Any]:
+        """For tests and operators: what this replica and its engine hold and have done."""
+        return {"replica": self._replica_id, "pool": self._pool, "accelerator": self._accelerator,
+                "node_id": self._node_id, **self._load.routing_stats(), **self._engine_stats(),
+                "completed": self._load.completed, "cancelled": self._load.cancelled}
+
+    async def ready(self) -> dict:
+        await self.check_health()
+        return {"pool": self._pool, "replica": self._replica_id}
+
+
+def build_vllm_pool(pool: PoolConfig, config: AppConfig, serve_options: dict):
+    """The pool's Serve deployment: ray.serve.llm's builder with our server class and options."""
+    llm_config = LLMConfig(**llm_config_kwargs(pool, config))
+    return build_llm_deployment(
+        llm_config,
+        deployment_cls=MagistralLLMServer,
+        bind_kwargs={"pool": pool.name, "accelerator": pool.accelerator},
+        override_serve_options=serve_options,
+    )
