@@ -20,6 +20,10 @@ MAGISTRAL_ENGINE_KWARGS: dict[str, Any] = {
     "tool_call_parser": "mistral",
     "enable_auto_tool_choice": True,
     "reasoning_parser": "mistral",
+    # Magistral 2506 thinks in plain-text <think> tags, which vLLM 0.32 never sees end (it waits
+    # for a [/THINK] token), so without this every grammar (tool_choice required/named,
+    # response_format) is silently skipped. Mistral's own tool grammar allows text before calls.
+    "structured_outputs_config": {"enable_in_reasoning": True},
 }
 
 

@@ -1,4 +1,5 @@
-"""One local Ray cluster per test session, started the way `make run` starts it.
+"""One local Ray cluster per test session (fixtures for tests/cluster and tests/integration),
+started the way `make run` starts it.
 
 The launcher runs as a subprocess (`python -m cluster.local run configs/local.yaml`); teardown
 sends it Ctrl-C and then checks that every process it had started is gone.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 300
 DEMO_KEY = "sk-local-demo"
 
@@ -58,7 +59,8 @@ def local_cluster(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("cluster") / "launcher.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cluster.local", "run", "configs/local.yaml", "--port", str(port)],
+        # 4 logical CPUs: a vLLM CPU replica (tests/integration) reserves 2.
+        [sys.executable, "-m", "cluster.local", "run", "configs/local.yaml", "--port", str(port), "--num-cpus", "4"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     ready: dict = {}
@@ -117,6 +119,6 @@ def base_url(local_cluster) -> str:
     return local_cluster["base_url"]
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def auth() -> dict:
     return {"Authorization": f"Bearer {DEMO_KEY}"}

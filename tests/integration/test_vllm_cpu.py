@@ -1,0 +1,156 @@
+"""A real vLLM engine on CPU (tiny random-weight model) behind the full router.
+
+configs/cpu-vllm.yaml is deployed as a second application ("/vllm") on the session's local
+cluster: one engine per test session. Random weights write random text, so these tests check the
+path (counts, caps, streaming, abort, tool calls), not the words.
+"""
+
+import json
+import time
+
+import httpx
+import pytest
+import yaml
+
+from router.magistral_defaults import with_system_prompt
+from router.tokens import TekkenCounter
+
+pytestmark = pytest.mark.integration
+MODEL = "magistral-small-2506"
+ENGINE_START_TIMEOUT_S = 900
+
+
+@pytest.fixture(scope="module")
+def vllm_app(local_cluster, ray_driver, tiny_model_dir):
+    from ray import serve
+
+    from router.app import build_app
+
+    with open("configs/cpu-vllm.yaml") as f:
+        args = yaml.safe_load(f)["applications"][0]["args"]
+    started = time.monotonic()
+    serve.run(build_app(args), name="vllm", route_prefix="/vllm", blocking=False)
+    url = f"{local_cluster['root_url']}/vllm"
+    while time.monotonic() - started < ENGINE_START_TIMEOUT_S:
+        try:
+            if httpx.get(f"{url}/health", timeout=10).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    else:
+        pytest.fail(f"vLLM pool not healthy after {ENGINE_START_TIMEOUT_S} s")
+    print(f"\nvLLM CPU pool ready {time.monotonic() - started:.0f} s after deploy")
+    pool = serve.get_deployment_handle("pool-cpu", app_name="vllm")
+    with open(tiny_model_dir / "SYSTEM_PROMPT.txt") as f:
+        system_prompt = f.read().strip()
+    try:
+        yield {"url": url, "pool": pool, "system_prompt": system_prompt}
+    finally:
+        serve.delete("vllm")
+
+
+@pytest.fixture(scope="module")
+def tiny_counter(tiny_model_dir) -> TekkenCounter:
+    return TekkenCounter(str(tiny_model_dir / "tekken.json"))
+
+
+@pytest.fixture(scope="module")
+def client(vllm_app, auth):
+    with httpx.Client(base_url=vllm_app["url"], headers=auth, timeout=300) as c:
+        yield c
+
+
+def stats(vllm_app) -> dict:
+    return vllm_app["pool"].stats.remote().result()
+
+
+def test_models_lists_the_model(client):
+    assert client.get("/v1/models").json()["data"][0]["id"] == MODEL
+
+
+def test_chat_usage_matches_mistral_common_count(client, tiny_counter):
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is the capital of France?"}]
+    resp = client.post("/v1/chat/completions", json={"model": MODEL, "messages": messages, "max_tokens": 12})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-pool"] == "cpu" and resp.headers["x-replica"]
+    body = resp.json()
+    assert body["usage"]["prompt_tokens"] == tiny_counter.count_chat(messages)
+    assert 0 < body["usage"]["completion_tokens"] <= 12
+    message = body["choices"][0]["message"]
+    assert "reasoning_content" in message and isinstance(message["content"], str)
+
+
+def test_model_system_prompt_is_used_when_request_has_none(client, tiny_counter, vllm_app):
+    messages = [{"role": "user", "content": "Hello"}]
+    resp = client.post("/v1/chat/completions", json={"model": MODEL, "messages": messages, "max_tokens": 4})
+    assert resp.status_code == 200, resp.text
+    expected = tiny_counter.count_chat(with_system_prompt(messages, vllm_app["system_prompt"]))
+    assert resp.json()["usage"]["prompt_tokens"] == expected > tiny_counter.count_chat(messages)
+
+
+def test_stream_with_usage(client, tiny_counter):
+    messages = [{"role": "user", "content": "Count to five."}]
+    payload = {"model": MODEL, "messages": messages, "max_tokens": 16, "stream": True, "stream_options": {"include_usage": True}}
+    with client.stream("POST", "/v1/chat/completions", json=payload) as resp:
+        assert resp.status_code == 200 and resp.headers["x-pool"] == "cpu"
+        lines = [l for l in resp.iter_lines() if l]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(l[6:]) for l in lines[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 16
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+
+
+def test_text_completion(client):
+    resp = client.post("/v1/completions", json={"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["usage"]["completion_tokens"] == 8
+
+
+def test_prompt_over_cap_is_refused_before_the_engine(client, vllm_app):
+    before = stats(vllm_app)
+    too_long = [{"role": "user", "content": "hello " * 41_000}]
+    resp = client.post("/v1/chat/completions", json={"model": MODEL, "messages": too_long})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "context_length_exceeded"
+    after = stats(vllm_app)
+    assert (after["completed"], after["cancelled"]) == (before["completed"], before["cancelled"])
+
+
+def test_tools_reach_the_engine_and_are_counted_exactly(client, tiny_counter, vllm_app):
+    """The tool schema is part of the prompt ([AVAILABLE_TOOLS]): counts match with it included.
+
+    Random weights never choose to call a tool, so parsing of real tool-call output is tested on
+    Magistral-shaped text in test_magistral_parsers.py.
+    """
+    tools = [{"type": "function", "function": {"name": "get_unit", "parameters": {
+        "type": "object", "properties": {"unit": {"type": "string"}}}}}]
+    messages = [{"role": "user", "content": "Which unit?"}]
+    resp = client.post("/v1/chat/completions", json={"model": MODEL, "messages": messages, "tools": tools, "max_tokens": 5})
+    assert resp.status_code == 200, resp.text
+    full = with_system_prompt(messages, vllm_app["system_prompt"])
+    assert resp.json()["usage"]["prompt_tokens"] == tiny_counter.count_chat(full, tools) > tiny_counter.count_chat(full)
+    assert resp.json()["choices"][0]["message"]["tool_calls"] == []
+
+
+def test_client_disconnect_aborts_the_engine_request(client, vllm_app):
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}],
+               "max_tokens": 4000, "stream": True}
+    cancelled_before = stats(vllm_app)["cancelled"]
+    with client.stream("POST", "/v1/chat/completions", json=payload) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        next(lines), next(lines)
+        deadline = time.monotonic() + 60
+        while stats(vllm_app)["engine_running"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stats(vllm_app)["engine_running"] == 1
+    # connection closed mid-stream: ~4 000 tokens at ~30 ms each were still to come
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = stats(vllm_app)
+        if now["engine_unfinished"] == 0 and now["engine_running"] == 0:
+            break
+        time.sleep(0.2)
+    assert (now["engine_unfinished"], now["engine_running"], now["ongoing_requests"]) == (0, 0, 0)
+    assert now["cancelled"] == cancelled_before + 1
