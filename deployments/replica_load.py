@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ray
+from ray import serve
+
 from deployments.protocol import STAT_ONGOING_REQUESTS, STAT_QUEUED_TOKENS
 
 
@@ -28,3 +31,29 @@ class ReplicaLoadTracker:
 
     def routing_stats(self) -> dict[str, int]:
         return {STAT_QUEUED_TOKENS: self.queued_tokens, STAT_ONGOING_REQUESTS: self.ongoing_requests}
+
+    def totals(self) -> dict[str, int]:
+        return {"completed": self.completed, "cancelled": self.cancelled}
+
+
+@dataclass(frozen=True)
+class ReplicaIdentity:
+    """Where a replica runs; published with its stats so a routing decision can name it."""
+
+    replica: str
+    pool: str
+    accelerator: str
+    node_id: str
+
+    @classmethod
+    def current(cls, pool: str, accelerator: str) -> "ReplicaIdentity":
+        """The identity of the Serve replica this is called in."""
+        return cls(
+            replica=serve.get_replica_context().replica_id.unique_id,
+            pool=pool,
+            accelerator=accelerator,
+            node_id=ray.get_runtime_context().get_node_id(),
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        return {"replica": self.replica, "pool": self.pool, "accelerator": self.accelerator, "node_id": self.node_id}

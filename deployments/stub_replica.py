@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import ray
 from ray import serve
 
 from deployments.protocol import GenerateRequest, delta_event, end_event, start_event
 from deployments.reasoning_split import RawText, ThinkSplitter
-from deployments.replica_load import ReplicaLoadTracker
+from deployments.replica_load import ReplicaIdentity, ReplicaLoadTracker
 from deployments.stop_strings import StopMatcher
 from deployments.stub_text import last_user_text, stub_completion_text
 from router.tokens import TekkenCounter
@@ -34,16 +33,12 @@ class StubReplica:
         decode_ms_per_token: float = 5.0,
         tokenizer_path: str | None = None,
     ):
-        self._pool = pool
-        self._accelerator = accelerator
+        self._id = ReplicaIdentity.current(pool, accelerator)
         self._prefill_rate = float(prefill_tokens_per_s)
         self._decode_s = float(decode_ms_per_token) / 1000.0
         self._counter = TekkenCounter(tokenizer_path)
         self._text_tokenizer = self._counter.tokenizer.instruct_tokenizer.tokenizer
         self._load = ReplicaLoadTracker()
-        ctx = serve.get_replica_context()
-        self._replica_id = ctx.replica_id.unique_id
-        self._node_id = ray.get_runtime_context().get_node_id()
 
     def _count(self, request: GenerateRequest) -> int:
         if request.prompt_tokens is not None:
@@ -60,18 +55,11 @@ class StubReplica:
         self._load.begin(work)
         cancelled = True
         try:
-            yield start_event(
-                replica=self._replica_id,
-                node_id=self._node_id,
-                pool=self._pool,
-                accelerator=self._accelerator,
-                prompt_tokens=prompt_tokens,
-                max_tokens=max_tokens,
-            )
+            yield start_event(**self._id.as_dict(), prompt_tokens=prompt_tokens, max_tokens=max_tokens)
             await asyncio.sleep(prompt_tokens / self._prefill_rate)
             text = stub_completion_text(
                 last_user_text(request.messages, request.prompt),
-                self._pool,
+                self._id.pool,
                 request.sampling.get("seed"),
             )
             split = request.kind == "chat"  # text completions return the raw text
@@ -116,19 +104,11 @@ class StubReplica:
         )
 
     def record_routing_stats(self) -> dict:
-        return self._load.routing_stats()
+        return {**self._id.as_dict(), **self._load.routing_stats()}
 
     def stats(self) -> dict:
         """For tests and operators: what this replica holds and has done."""
-        return {
-            "replica": self._replica_id,
-            "pool": self._pool,
-            "accelerator": self._accelerator,
-            "node_id": self._node_id,
-            **self._load.routing_stats(),
-            "completed": self._load.completed,
-            "cancelled": self._load.cancelled,
-        }
+        return {**self.record_routing_stats(), **self._load.totals()}
 
     def ready(self) -> dict:
-        return {"pool": self._pool, "replica": self._replica_id}
+        return self._id.as_dict()

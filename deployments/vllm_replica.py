@@ -14,13 +14,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import ray
-from ray import serve
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 from deployments.protocol import GenerateRequest, delta_event, end_event, error_event, start_event
-from deployments.replica_load import ReplicaLoadTracker
+from deployments.replica_load import ReplicaIdentity, ReplicaLoadTracker
 from deployments.vllm_config import llm_config_kwargs
 from router.config import AppConfig, PoolConfig
 
@@ -106,7 +104,6 @@ def _error(payload: dict) -> dict | None:
 
 class MagistralLLMServer(LLMServer):
     async def __init__(self, llm_config: LLMConfig, *, pool: str, accelerator: str, **kwargs: Any):
-        self._pool, self._accelerator = pool, accelerator
         self._model_id = llm_config.model_id
         self._load = ReplicaLoadTracker()
         self._sched = _LatestSchedulerStats()
@@ -116,8 +113,7 @@ class MagistralLLMServer(LLMServer):
         manager = getattr(self._client, "logger_manager", None)
         if manager is not None:
             manager.stat_loggers.append(self._sched)
-        self._replica_id = serve.get_replica_context().replica_id.unique_id
-        self._node_id = ray.get_runtime_context().get_node_id()
+        self._id = ReplicaIdentity.current(pool, accelerator)
 
     def _engine_request(self, request: GenerateRequest):
         common = dict(model=self._model_id, max_tokens=request.max_tokens, stream=request.stream,
@@ -135,8 +131,7 @@ class MagistralLLMServer(LLMServer):
         self._load.begin(work)
         cancelled = True
         try:
-            yield start_event(replica=self._replica_id, node_id=self._node_id, pool=self._pool,
-                              accelerator=self._accelerator, prompt_tokens=request.prompt_tokens,
+            yield start_event(**self._id.as_dict(), prompt_tokens=request.prompt_tokens,
                               max_tokens=request.max_tokens)
             usage = _Usage()
             # Cancelling this generator (the router does when its client goes away) cancels the
@@ -160,10 +155,8 @@ class MagistralLLMServer(LLMServer):
             self._load.end(work, cancelled=cancelled)
 
     async def record_routing_stats(self) -> dict[str, Any]:
-        stats = dict(await super().record_routing_stats() or {})
-        stats.update(self._load.routing_stats())
-        stats.update(self._engine_stats())
-        return stats
+        base = await super().record_routing_stats() or {}
+        return {**base, **self._id.as_dict(), **self._load.routing_stats(), **self._engine_stats()}
 
     def _engine_stats(self) -> dict[str, Any]:
         return {
@@ -175,13 +168,11 @@ class MagistralLLMServer(LLMServer):
 
     async def stats(self) -> dict[str, Any]:
         """For tests and operators: what this replica and its engine hold and have done."""
-        return {"replica": self._replica_id, "pool": self._pool, "accelerator": self._accelerator,
-                "node_id": self._node_id, **self._load.routing_stats(), **self._engine_stats(),
-                "completed": self._load.completed, "cancelled": self._load.cancelled}
+        return {**self._id.as_dict(), **self._load.routing_stats(), **self._engine_stats(), **self._load.totals()}
 
     async def ready(self) -> dict:
         await self.check_health()
-        return {"pool": self._pool, "replica": self._replica_id}
+        return self._id.as_dict()
 
 
 def build_vllm_pool(pool: PoolConfig, config: AppConfig, serve_options: dict):

@@ -154,3 +154,11 @@ def test_client_disconnect_aborts_the_engine_request(client, vllm_app):
         time.sleep(0.2)
     assert (now["engine_unfinished"], now["engine_running"], now["ongoing_requests"]) == (0, 0, 0)
     assert now["cancelled"] == cancelled_before + 1
+
+
+def test_routing_stats_name_the_replica_and_the_engine_load(vllm_app):
+    routing = vllm_app["pool"].record_routing_stats.remote().result()
+    assert (routing["pool"], routing["accelerator"]) == ("cpu", "CPU-vllm")
+    assert routing["node_id"] and routing["replica"]
+    for key in ("queued_tokens", "ongoing_requests", "engine_running", "engine_waiting", "kv_cache_usage"):
+        assert isinstance(routing[key], (int, float)), key
