@@ -30,6 +30,7 @@ class GenerateRequest:
     prompt: str | None = None
     tools: list[dict] | None = None
     tool_choice: Any = None
+    response_format: dict | None = None
     stream: bool = True  # the client streams; a replica may answer a non-stream request at once
     prompt_tokens: int | None = None  # exact count from the router; None: the replica counts
     prompt_tokens_bound: int = 0  # upper bound, for load estimates before the replica counts

@@ -122,6 +122,8 @@ class MagistralLLMServer(LLMServer):
             common["stream_options"] = {"include_usage": True}
         if request.kind == "chat":
             extra = {"tools": request.tools, "tool_choice": request.tool_choice} if request.tools else {}
+            if request.response_format:
+                extra["response_format"] = request.response_format
             return self.chat, ChatCompletionRequest(messages=request.messages, **extra, **common)
         return self.completions, CompletionRequest(prompt=request.prompt, **common)
 

@@ -76,6 +76,7 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)  # newer name for max_tokens
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    response_format: dict[str, Any] | None = None  # json_object / json_schema (vLLM pools)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

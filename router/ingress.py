@@ -141,7 +141,8 @@ class RouterIngress:
         if admission.prompt_tokens is None:  # not counted: still refuse what the template rejects
             self._guard_prompt(lambda: self._counter.validate_chat(messages, tools))
         job = _job(request_id, "chat", admission, body, self._config.default_sampling,
-                   messages=messages, tools=tools, tool_choice=body.tool_choice)
+                   messages=messages, tools=tools, tool_choice=body.tool_choice,
+                   response_format=body.response_format)
         return await self._serve(job, admission, ResponseWriter("chat", f"chatcmpl-{request_id}", body.model), body.stream, body.include_usage)
 
     @app.post("/v1/completions")
