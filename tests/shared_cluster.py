@@ -122,3 +122,27 @@ def base_url(local_cluster) -> str:
 @pytest.fixture(scope="session")
 def auth() -> dict:
     return {"Authorization": f"Bearer {DEMO_KEY}"}
+
+
+def deploy_app(local_cluster: dict, name: str, args: dict, timeout_s: float = 180) -> str:
+    """Deploy router.app:build_app(args) as an extra application at /<name>; wait for /health.
+
+    Needs the `ray_driver` fixture. Returns the application's root URL.
+    """
+    import httpx
+    from ray import serve
+
+    from router.app import build_app
+
+    started = time.monotonic()
+    serve.run(build_app(args), name=name, route_prefix=f"/{name}", blocking=False)
+    url = f"{local_cluster['root_url']}/{name}"
+    while time.monotonic() - started < timeout_s:
+        try:
+            if httpx.get(f"{url}/health", timeout=10).status_code == 200:
+                print(f"\napplication {name!r} healthy {time.monotonic() - started:.0f} s after deploy")
+                return url
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"application {name!r} not healthy after {timeout_s:.0f} s")

@@ -13,8 +13,8 @@ from ray.serve.config import RequestRouterConfig
 
 from deployments.protocol import GenerateRequest
 from deployments.stub_replica import StubReplica
-from router.app import build_app
 from router.request_router import TokenLoadRouter
+from tests.shared_cluster import deploy_app
 
 pytestmark = pytest.mark.cluster
 
@@ -28,18 +28,11 @@ def slow_pool_args(decode_ms: float) -> dict:
 
 
 def test_client_disconnect_stops_generation(local_cluster, ray_driver, auth):
-    serve.run(build_app(slow_pool_args(decode_ms=150)), name="slow", route_prefix="/slow", blocking=False)
+    url = deploy_app(local_cluster, "slow", slow_pool_args(decode_ms=150))
     pool = serve.get_deployment_handle("pool-slow", app_name="slow")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{local_cluster['root_url']}/slow/health", timeout=5).raise_for_status()
-            break
-        except httpx.HTTPError:
-            time.sleep(1)
     payload = {"model": "magistral-small-2506", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with httpx.Client(timeout=60) as client:
-        with client.stream("POST", f"{local_cluster['root_url']}/slow/v1/chat/completions", headers=auth, json=payload) as resp:
+        with client.stream("POST", f"{url}/v1/chat/completions", headers=auth, json=payload) as resp:
             assert resp.status_code == 200
             lines = resp.iter_lines()
             next(lines)

@@ -14,6 +14,7 @@ import yaml
 
 from router.magistral_defaults import with_system_prompt
 from router.tokens import TekkenCounter
+from tests.shared_cluster import deploy_app
 
 pytestmark = pytest.mark.integration
 MODEL = "magistral-small-2506"
@@ -24,23 +25,9 @@ ENGINE_START_TIMEOUT_S = 900
 def vllm_app(local_cluster, ray_driver, tiny_model_dir):
     from ray import serve
 
-    from router.app import build_app
-
     with open("configs/cpu-vllm.yaml") as f:
         args = yaml.safe_load(f)["applications"][0]["args"]
-    started = time.monotonic()
-    serve.run(build_app(args), name="vllm", route_prefix="/vllm", blocking=False)
-    url = f"{local_cluster['root_url']}/vllm"
-    while time.monotonic() - started < ENGINE_START_TIMEOUT_S:
-        try:
-            if httpx.get(f"{url}/health", timeout=10).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    else:
-        pytest.fail(f"vLLM pool not healthy after {ENGINE_START_TIMEOUT_S} s")
-    print(f"\nvLLM CPU pool ready {time.monotonic() - started:.0f} s after deploy")
+    url = deploy_app(local_cluster, "vllm", args, ENGINE_START_TIMEOUT_S)
     pool = serve.get_deployment_handle("pool-cpu", app_name="vllm")
     with open(tiny_model_dir / "SYSTEM_PROMPT.txt") as f:
         system_prompt = f.read().strip()
