@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -77,14 +76,15 @@ def run(config_path: str, port: int | None, num_cpus: int | None, health_timeout
         http["port"] = port
     host, http_port = http.get("host", "127.0.0.1"), http.get("port", 8000)
 
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    def interrupt(*_):
+        raise KeyboardInterrupt
 
-    _log("starting a local Ray head")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
-             runtime_env={"env_vars": {k: os.environ[k] for k in ("TENANTS_FILE", "LEDGER_URL") if k in os.environ}})
+    signal.signal(signal.SIGTERM, interrupt)  # SIGTERM stops as cleanly as Ctrl-C
+
     try:
+        _log("starting a local Ray head")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
+                 runtime_env={"env_vars": {k: os.environ[k] for k in ("TENANTS_FILE", "LEDGER_URL") if k in os.environ}})
         serve.start(http_options={"host": host, "port": http_port}, proxy_location=config.get("proxy_location", "HeadOnly"))
         for app_spec in config["applications"]:
             _log(f"deploying application {app_spec['name']!r} from {config_path}")
@@ -100,13 +100,18 @@ def run(config_path: str, port: int | None, num_cpus: int | None, health_timeout
               f"  try: curl {base}/v1/models -H 'Authorization: Bearer {DEMO_KEY}'\n"
               "  Ctrl-C stops Serve and the local Ray head.\n", flush=True)
         print("READY " + json.dumps(info), flush=True)
-        while not stop.wait(1.0):
-            pass
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, at any point, startup included
         _log("stopping")
         return 0
     finally:
+        # A second Ctrl-C must not cut the shutdown short and leave Ray processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
-            serve.shutdown()
+            if ray.is_initialized():
+                serve.shutdown()
         finally:
             ray.shutdown()
         _log("stopped Serve and the local Ray head")

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from ray import serve
 
-from deployments.protocol import GenerateRequest, delta_event, end_event, start_event
+from deployments.protocol import GenerateRequest, delta_event, end_event, error_event, start_event
 from deployments.reasoning_split import RawText, ThinkSplitter
 from deployments.replica_load import ReplicaIdentity, ReplicaLoadTracker
 from deployments.stop_strings import StopMatcher
@@ -50,7 +50,12 @@ class StubReplica:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[dict]:
         prompt_tokens = self._count(request)
         room = request.context_limit - prompt_tokens
-        max_tokens = room if request.max_tokens is None else min(request.max_tokens, room)
+        max_tokens = room if request.max_tokens is None else request.max_tokens
+        if room < 1 or max_tokens > room:
+            # Like an engine: refuse what does not fit rather than clamp (the router must have).
+            yield error_event(status=400, message=f"{prompt_tokens} prompt + {max_tokens} completion tokens "
+                              f"exceed this pool's context of {request.context_limit}", param="max_tokens")
+            return
         work = request.work_tokens
         self._load.begin(work)
         cancelled = True
@@ -86,6 +91,8 @@ class StubReplica:
             if splitter.thinking:
                 reasoning_tokens += 1
             decoded = self._text_tokenizer.decode(ids[: i + 1])
+            if decoded.endswith("\ufffd"):  # ends inside a UTF-8 character: wait for the rest
+                continue
             piece, emitted = decoded[len(emitted):], decoded
             reasoning, content = splitter.feed(matcher.feed(piece))
             if reasoning or content:

@@ -102,6 +102,11 @@ def _error(payload: dict) -> dict | None:
                        type=err.get("type") or "invalid_request_error", param=err.get("param"))
 
 
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return " ".join(lines[:3]) if lines else type(exc).__name__
+
+
 class MagistralLLMServer(LLMServer):
     async def __init__(self, llm_config: LLMConfig, *, pool: str, accelerator: str, **kwargs: Any):
         self._model_id = llm_config.model_id
@@ -128,7 +133,11 @@ class MagistralLLMServer(LLMServer):
         return self.completions, CompletionRequest(prompt=request.prompt, **common)
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[dict]:
-        method, engine_request = self._engine_request(request)
+        try:
+            method, engine_request = self._engine_request(request)
+        except ValueError as exc:  # pydantic's ValidationError too: vLLM refuses a field's value
+            yield error_event(status=400, message=f"Invalid request: {_first_line(exc)}")
+            return
         work = request.work_tokens
         self._load.begin(work)
         cancelled = True

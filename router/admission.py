@@ -28,15 +28,10 @@ class Admission:
     def pool(self) -> str:
         return self.choice.pool.name
 
-    @property
-    def work_tokens_estimate(self) -> int:
-        """Prompt tokens the replica must prefill (the bound when not counted)."""
-        return self.prompt_tokens if self.prompt_tokens is not None else self.prompt_tokens_bound
 
-
-def bound_decides(upper_bound: int, max_tokens: int | None, pools: Sequence[PoolLimits], cap: int) -> bool:
+def bound_decides(upper_bound: int | None, max_tokens: int | None, pools: Sequence[PoolLimits], cap: int) -> bool:
     """True when any prompt of 0..upper_bound tokens gets the same cap and pool decision."""
-    if upper_bound >= cap:
+    if upper_bound is None or upper_bound >= cap:
         return False
     if max_tokens is not None and upper_bound + max_tokens > cap:
         return False
@@ -45,9 +40,14 @@ def bound_decides(upper_bound: int, max_tokens: int | None, pools: Sequence[Pool
     )
 
 
+def effective_cap(pools: Sequence[PoolLimits], cap: int) -> int:
+    """The cap, or less when no pool holds that much: clamping aims at what can be served."""
+    return min(cap, max(p.context_limit(cap) for p in pools))
+
+
 def admit(
     *,
-    upper_bound: int,
+    upper_bound: int | None,
     count_exact: Callable[[], int],
     max_tokens: int | None,
     pools: Sequence[PoolLimits],
@@ -55,7 +55,11 @@ def admit(
     cap: int,
     policy: OverflowPolicy,
 ) -> Admission:
-    """Decide a request. Raises ContextLengthExceeded (-> HTTP 400) with the real counts."""
+    """Decide a request. Raises ContextLengthExceeded (-> HTTP 400) with the real counts.
+
+    upper_bound: from router.tokens, None when there is no cheap bound (always count then).
+    """
+    cap = effective_cap(pools, cap)
     if bound_decides(upper_bound, max_tokens, pools, cap):
         choice = choose_pool(upper_bound, max_tokens, pools, outstanding_tokens, cap)
         return Admission(choice, None, upper_bound, max_tokens, choice.pool.context_limit(cap))

@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
@@ -33,7 +33,8 @@ from router.tokens import PromptInvalid, TekkenCounter, chat_upper_bound, text_u
 
 logger = logging.getLogger("ray.serve")
 
-# Counting a long prompt takes ~1 ms per 1k tokens; past this bound, count off the event loop.
+# Counting a long prompt takes ~1 ms per 1k tokens; past this bound (or with no bound), count off
+# the event loop.
 _COUNT_IN_THREAD_ABOVE_BYTES = 32_000
 _HEALTH_TIMEOUT_S = 2.0
 
@@ -82,6 +83,30 @@ def _bearer_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
+async def _tenant(request: Request) -> Tenant:
+    """Route dependency: FastAPI runs it before validating the body, so a keyless request gets
+    401 whatever its body. The directory is the replica's (set in RouterIngress.__init__)."""
+    tenant = request.app.state.tenants.authenticate(_bearer_key(request))
+    if tenant is None:
+        raise errors.unauthorized()
+    return tenant
+
+
+class _ReleasingStream(StreamingResponse):
+    """Runs `release` however the response ends: a generator that never started (the client
+    left before the first chunk) would never reach its own `finally`."""
+
+    def __init__(self, content, *, release, **kwargs):
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 def _job(request_id: str, kind: str, admission: Admission, body, sampling_defaults, **prompt) -> GenerateRequest:
     """The replica's request: the prompt plus what admission decided."""
     return GenerateRequest(
@@ -97,7 +122,7 @@ def _job(request_id: str, kind: str, admission: Admission, body, sampling_defaul
 class RouterIngress:
     def __init__(self, config: dict, tenants: dict[str, list[str]], pools: dict[str, DeploymentHandle]):
         self._config = AppConfig.model_validate(config)
-        self._tenants = TenantDirectory(tenants)
+        app.state.tenants = TenantDirectory(tenants)  # one ingress replica per process
         self._pools = pools
         self._limits = self._config.pool_limits()
         self._counter = TekkenCounter(self._config.tokenizer_path)
@@ -119,8 +144,7 @@ class RouterIngress:
         return JSONResponse({"status": "ok" if ok else "unavailable", "pools": results}, status_code=200 if ok else 503)
 
     @app.get("/v1/models")
-    async def models(self, request: Request) -> dict:
-        self._authenticate(request)
+    async def models(self, tenant: Tenant = Depends(_tenant)) -> dict:
         return {
             "object": "list",
             "data": [
@@ -131,7 +155,7 @@ class RouterIngress:
         }
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatCompletionRequest, request: Request):
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request, tenant: Tenant = Depends(_tenant)):
         request_id = self._begin(request, body.model)
         messages = with_system_prompt(body.message_dicts(), self._config.system_prompt)
         tools = body.tools
@@ -146,7 +170,7 @@ class RouterIngress:
         return await self._serve(job, admission, ResponseWriter("chat", f"chatcmpl-{request_id}", body.model), body.stream, body.include_usage)
 
     @app.post("/v1/completions")
-    async def completions(self, body: CompletionRequest, request: Request):
+    async def completions(self, body: CompletionRequest, request: Request, tenant: Tenant = Depends(_tenant)):
         request_id = self._begin(request, body.model)
         prompt = body.prompt_text()
         admission = await self._admit(
@@ -157,22 +181,15 @@ class RouterIngress:
 
     # ---- steps --------------------------------------------------------------------------
     def _begin(self, request: Request, model: str) -> str:
-        """Checks every generation route makes first; returns the request id."""
-        self._authenticate(request)
+        """Checks every generation route makes first (after auth); returns the request id."""
         self._check_model(model)
         return _request_id(request)
-
-    def _authenticate(self, request: Request) -> Tenant:
-        tenant = self._tenants.authenticate(_bearer_key(request))
-        if tenant is None:
-            raise errors.unauthorized()
-        return tenant
 
     def _check_model(self, model: str) -> None:
         if model not in self._model_ids:
             raise errors.model_not_found(model)
 
-    async def _admit(self, bound: int, count, max_tokens: int | None) -> Admission:
+    async def _admit(self, bound: int | None, count, max_tokens: int | None) -> Admission:
         outstanding = self._pool_load.snapshot_tokens()  # read on the loop, not in the thread
 
         def decide() -> Admission:
@@ -183,7 +200,7 @@ class RouterIngress:
             )
 
         try:
-            if bound > _COUNT_IN_THREAD_ABOVE_BYTES:
+            if bound is None or bound > _COUNT_IN_THREAD_ABOVE_BYTES:
                 return await asyncio.to_thread(self._guard_prompt, decide)
             return self._guard_prompt(decide)
         except ContextLengthExceeded as exc:
@@ -228,9 +245,9 @@ class RouterIngress:
             finally:
                 release()
             return JSONResponse(writer.full(collected), headers=headers)
-        return StreamingResponse(
-            self._sse(job, events, writer, include_usage, release), media_type="text/event-stream",
-            headers={**headers, "cache-control": "no-cache"},
+        return _ReleasingStream(
+            self._sse(job, events, writer, include_usage, release), release=release,
+            media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"},
         )
 
     async def _sse(self, job: GenerateRequest, events, writer: ResponseWriter, include_usage: bool, release) -> AsyncIterator[bytes]:

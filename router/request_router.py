@@ -59,17 +59,29 @@ class TokenLoadRouter(RequestRouter):
             return []
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         order = rank((self._load(r) for r in candidate_replicas), self._metric)
-        # Serve sends to the first rank with room. Book the work on that replica now, so the
-        # next request of a burst sees it before any stats report could; completion unbooks it.
-        available = {r.replica_id.unique_id for r in self.select_available_replicas(candidate_replicas)}
         if pending_request is not None:
-            target = next((rid for rid in order if rid in available), order[0])
-            self._inflight.add(
-                target,
-                pending_request.metadata.internal_request_id,
-                request_work_tokens(pending_request),
-            )
+            self._book(pending_request, order, candidate_replicas)
         return [[by_id[rid]] for rid in order]
+
+    def _book(self, pending_request: PendingRequest, order: list[str], candidates: list[RunningReplica]) -> None:
+        """Book the work on the replica Serve will most likely pick (the first rank with room)
+        now, so the next request of a burst sees it before any stats report could.
+        on_request_routed moves it to the replica that accepted; completion unbooks it, and so
+        does a request cancelled before it was sent (Serve reports no completion for those)."""
+        available = {r.replica_id.unique_id for r in self.select_available_replicas(candidates)}
+        target = next((rid for rid in order if rid in available), order[0])
+        request_id = pending_request.metadata.internal_request_id
+        self._inflight.add(target, request_id, request_work_tokens(pending_request))
+        # Serve may retry with a fresh future, so hook whichever this attempt waits on
+        # (removal is idempotent).
+        pending_request.future.add_done_callback(
+            lambda future: self._inflight.remove(request_id) if future.cancelled() else None
+        )
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result) -> None:
+        self._inflight.add(
+            replica_id.unique_id, pending_request.metadata.internal_request_id, request_work_tokens(pending_request)
+        )
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         self._inflight.remove(internal_request_id)

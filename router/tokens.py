@@ -2,9 +2,10 @@
 
 The exact count renders the chat the way the engine will (`encode_chat_completion`), so it equals
 the engine's `usage.prompt_tokens`. The upper bound costs no tokenization: a Tekken token never
-covers less than one UTF-8 byte, so the bytes of the request's JSON (every content string, name,
-tool call and tool schema, plus quotes and keys) plus a few control tokens per message bound the
-token count from above. A prompt whose bound already fits every threshold needs no exact count.
+covers less than one UTF-8 byte, so the bytes of the messages' JSON (every content string and
+name, plus quotes and keys) plus a few control tokens per message bound the token count from
+above. Requests with tools or tool calls get no bound (see chat_upper_bound). A prompt whose bound
+already fits every threshold needs no exact count.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ def _json_bytes(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
-def chat_upper_bound(messages: Sequence[dict], tools: Sequence[dict] | None = None) -> int:
-    """An upper bound on the chat's prompt tokens, from byte lengths alone."""
-    bound = _CONTROL_TOKENS_PER_REQUEST + _json_bytes(list(messages))
-    bound += _CONTROL_TOKENS_PER_MESSAGE * len(messages)
-    if tools:
-        bound += _json_bytes(list(tools)) + _CONTROL_TOKENS_PER_MESSAGE
-    return bound
+def chat_upper_bound(messages: Sequence[dict], tools: Sequence[dict] | None = None) -> int | None:
+    """An upper bound on the chat's prompt tokens from byte lengths alone, or None when there is
+    no cheap one: the template re-serialises tool schemas and tool-call arguments (other
+    separators, `1e15` -> `1000000000000000.0`), so their rendered bytes can exceed the request's.
+    """
+    if tools or any(m.get("tool_calls") for m in messages):
+        return None
+    return _CONTROL_TOKENS_PER_REQUEST + _json_bytes(list(messages)) + _CONTROL_TOKENS_PER_MESSAGE * len(messages)
 
 
 def text_upper_bound(prompt: str) -> int:

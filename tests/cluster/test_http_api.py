@@ -136,6 +136,21 @@ def test_malformed_json(client, auth):
     assert_openai_error(resp, 400, "invalid_json")
 
 
+def test_key_is_checked_before_the_body(client):
+    resp = client.post("/v1/chat/completions", json={"model": MODEL, "messages": "not a list"})
+    assert_openai_error(resp, 401, "invalid_api_key")
+
+
+def test_user_message_without_content_is_a_clear_400(client, auth):
+    err = assert_openai_error(chat(client, auth, [{"role": "user"}]), 400)
+    assert "content" in err["message"]
+
+
+def test_multibyte_text_streams_intact(client, auth):
+    resp = chat(client, auth, [{"role": "user", "content": "𝔘🦜 数据 naïve"}])
+    assert "𝔘🦜" in resp.json()["choices"][0]["message"]["reasoning_content"]
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": "sk-local-demo"}])
 def test_missing_or_wrong_key_is_401(client, headers):
     resp = client.post("/v1/chat/completions", headers=headers, json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})

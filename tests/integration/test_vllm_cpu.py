@@ -117,7 +117,14 @@ def test_tools_reach_the_engine_and_are_counted_exactly(client, tiny_counter, vl
     assert resp.status_code == 200, resp.text
     full = with_system_prompt(messages, vllm_app["system_prompt"])
     assert resp.json()["usage"]["prompt_tokens"] == tiny_counter.count_chat(full, tools) > tiny_counter.count_chat(full)
-    assert resp.json()["choices"][0]["message"]["tool_calls"] == []
+    assert isinstance(resp.json()["choices"][0]["message"]["tool_calls"], list)
+
+
+def test_value_the_engine_refuses_is_a_400_not_a_retryable_error(client):
+    resp = client.post("/v1/chat/completions", json={
+        "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "bogus"}})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["message"]
 
 
 def test_client_disconnect_aborts_the_engine_request(client, vllm_app):

@@ -47,6 +47,22 @@ def test_clamp_and_strict():
         run(200_000, lambda: 30_000, max_tokens=20_000, policy=OverflowPolicy.STRICT)
 
 
+def test_no_bound_always_counts():
+    adm = run(None, lambda: 100)
+    assert (adm.pool, adm.prompt_tokens, adm.max_tokens) == ("short", 100, 16_384 - 100)
+
+
+def test_clamp_aims_at_the_largest_pool_when_none_reaches_the_cap():
+    small = [PoolLimits("only", max_model_len=16_384, max_prompt_tokens=16_383, spill_at_outstanding_tokens=10**9)]
+    adm = admit(upper_bound=None, count_exact=lambda: 1_000, max_tokens=CAP, pools=small,
+                outstanding_tokens={}, cap=CAP, policy=OverflowPolicy.CLAMP)
+    assert (adm.pool, adm.max_tokens, adm.clamped_from) == ("only", 16_384 - 1_000, CAP)
+    with pytest.raises(ContextLengthExceeded) as err:
+        admit(upper_bound=None, count_exact=lambda: 16_384, max_tokens=None, pools=small,
+              outstanding_tokens={}, cap=CAP, policy=OverflowPolicy.CLAMP)
+    assert "16384" in str(err.value)
+
+
 def test_prompt_at_cap_is_refused():
     with pytest.raises(ContextLengthExceeded):
         run(10**6, lambda: CAP)

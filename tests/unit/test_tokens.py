@@ -46,8 +46,19 @@ def test_upper_bound_is_never_below_exact_count(counter, seed):
         assert chat_upper_bound(messages) >= counter.count_chat(messages)
 
 
-def test_upper_bound_covers_tools_and_tool_calls(counter):
-    assert chat_upper_bound(TOOL_CHAT, TOOLS) >= counter.count_chat(TOOL_CHAT, TOOLS)
+def test_no_byte_bound_for_tools_or_tool_calls(counter):
+    """The template re-serialises arguments: `1e15` renders as 1000000000000000.0 (and with
+    other separators), so bytes of the request do not bound the tokens of the prompt."""
+    args = "[" + ",".join(["1e15"] * 300) + "]"
+    chat = [TOOL_CHAT[0], TOOL_CHAT[1],
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "abcdefghi", "type": "function", "function": {"name": "get_weather", "arguments": args}}]},
+            {"role": "tool", "tool_call_id": "abcdefghi", "content": "ok"}]
+    no_tools_bound = 8 + sum(8 + len(str(m)) for m in chat)  # what a naive bound would be
+    assert counter.count_chat(chat, TOOLS) > no_tools_bound  # the trap is real
+    assert chat_upper_bound(chat, TOOLS) is None
+    assert chat_upper_bound(chat) is None  # tool calls alone
+    assert chat_upper_bound(TOOL_CHAT[:2], TOOLS) is None  # tools alone
 
 
 def test_text_upper_bound(counter):
