@@ -246,11 +246,12 @@ class RouterIngress:
                 release()
             return JSONResponse(writer.full(collected), headers=headers)
         return _ReleasingStream(
-            self._sse(job, events, writer, include_usage, release), release=release,
+            self._sse(job, events, writer, include_usage), release=release,
             media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"},
         )
 
-    async def _sse(self, job: GenerateRequest, events, writer: ResponseWriter, include_usage: bool, release) -> AsyncIterator[bytes]:
+    async def _sse(self, job: GenerateRequest, events, writer: ResponseWriter, include_usage: bool) -> AsyncIterator[bytes]:
+        """The SSE body; _ReleasingStream releases the request however the stream ends."""
         try:
             yield sse(writer.chunk(None, first=True))
             async for event in events:
@@ -264,8 +265,6 @@ class RouterIngress:
         except Exception:  # headers are sent: report in-band, as OpenAI does, and end the stream
             logger.exception("stream %s failed", job.request_id)
             yield sse(errors.server_error(job.request_id).body())
-        finally:
-            release()
 
     def _release(self, load_key: str, events) -> None:
         """Forget the request's load; if the stream did not finish, stop the replica's work."""
