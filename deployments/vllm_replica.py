@@ -102,7 +102,8 @@ def _error(payload: dict) -> dict | None:
                        type=err.get("type") or "invalid_request_error", param=err.get("param"))
 
 
-def _first_line(exc: Exception) -> str:
+def _summary(exc: Exception) -> str:
+    """The first lines of an error (pydantic lists one per line; three say enough)."""
     lines = str(exc).strip().splitlines()
     return " ".join(lines[:3]) if lines else type(exc).__name__
 
@@ -136,7 +137,7 @@ class MagistralLLMServer(LLMServer):
         try:
             method, engine_request = self._engine_request(request)
         except ValueError as exc:  # pydantic's ValidationError too: vLLM refuses a field's value
-            yield error_event(status=400, message=f"Invalid request: {_first_line(exc)}")
+            yield error_event(status=400, message=f"Invalid request: {_summary(exc)}")
             return
         work = request.work_tokens
         self._load.begin(work)
