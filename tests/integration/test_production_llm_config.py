@@ -1,6 +1,8 @@
 """configs/production.yaml through ray.serve.llm's own LLMConfig and deployment options.
 
-No GPU is needed to build these; they are what Serve would schedule on the GPU nodes.
+No GPU is needed to build these; they are what Serve would schedule on the GPU nodes. Building
+them touches Ray (it would start a stray local instance), so the test connects to the session's
+cluster first (ray_driver).
 """
 
 import pytest
@@ -26,7 +28,7 @@ def deployment_options(pool, config):
     return MagistralLLMServer.get_deployment_options(LLMConfig(**llm_config_kwargs(pool, config)))
 
 
-def test_every_production_pool_builds_gpu_placement(production):
+def test_every_production_pool_builds_gpu_placement(production, ray_driver):
     for pool in production.pools:
         options = deployment_options(pool, production)
         bundles = options["placement_group_bundles"]
