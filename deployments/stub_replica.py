@@ -37,7 +37,6 @@ class StubReplica:
         self._prefill_rate = float(prefill_tokens_per_s)
         self._decode_s = float(decode_ms_per_token) / 1000.0
         self._counter = TekkenCounter(tokenizer_path)
-        self._text_tokenizer = self._counter.tokenizer.instruct_tokenizer.tokenizer
         self._load = ReplicaLoadTracker()
 
     def _count(self, request: GenerateRequest) -> int:
@@ -77,7 +76,7 @@ class StubReplica:
     async def _decode(
         self, text: str, max_tokens: int, stops: list[str], prompt_tokens: int, split: bool
     ) -> AsyncIterator[dict]:
-        ids = self._text_tokenizer.encode(text, bos=False, eos=False)
+        ids = self._counter.encode_text(text, bos=False)
         splitter = ThinkSplitter() if split else RawText()
         matcher = StopMatcher(stops)
         emitted, generated, reasoning_tokens = "", 0, 0
@@ -90,7 +89,7 @@ class StubReplica:
             generated += 1
             if splitter.thinking:
                 reasoning_tokens += 1
-            decoded = self._text_tokenizer.decode(ids[: i + 1])
+            decoded = self._counter.decode(ids[: i + 1])
             if decoded.endswith("\ufffd"):  # ends inside a UTF-8 character: wait for the rest
                 continue
             piece, emitted = decoded[len(emitted):], decoded

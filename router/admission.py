@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from router.context_cap import OverflowPolicy, apply_cap
-from router.pools import PoolChoice, PoolLimits, choose_pool, pools_that_hold
+from router.pools import PoolChoice, PoolLimits, choose_pool, largest_context, pools_that_hold
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def bound_decides(upper_bound: int | None, max_tokens: int | None, pools: Sequen
 
 def effective_cap(pools: Sequence[PoolLimits], cap: int) -> int:
     """The cap, or less when no pool holds that much: clamping aims at what can be served."""
-    return min(cap, max(p.context_limit(cap) for p in pools))
+    return min(cap, largest_context(pools, cap))
 
 
 def admit(

@@ -62,6 +62,7 @@ class ResponseWriter:
         self.kind, self.id, self.model = kind, request_id, model
         self.created = int(time.time())
         self.object = "chat.completion" if kind == "chat" else "text_completion"
+        self.chunk_object = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
     def _envelope(self, obj: str, choices: list[dict]) -> dict:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
@@ -100,15 +101,12 @@ class ResponseWriter:
                 if event.get("tool_calls"):
                     delta["tool_calls"] = event["tool_calls"]
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            obj = "chat.completion.chunk"
         else:
             text = (event["reasoning"] + event["content"]) if event and event["event"] == DELTA else ""
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-            obj = "text_completion"
-        return self._envelope(obj, [choice])
+        return self._envelope(self.chunk_object, [choice])
 
     def usage_chunk(self, end: dict) -> dict:
-        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
-        body = self._envelope(obj, [])
+        body = self._envelope(self.chunk_object, [])
         body["usage"] = usage_body(end)
         return body

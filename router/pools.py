@@ -39,6 +39,10 @@ class PoolChoice:
     candidates: tuple[str, ...]  # pools that could hold the request, preferred first
 
 
+def largest_context(pools: Sequence[PoolLimits], cap: int) -> int:
+    return max(p.context_limit(cap) for p in pools)
+
+
 def pools_that_hold(
     prompt_tokens: int, max_tokens: int | None, pools: Sequence[PoolLimits], cap: int
 ) -> tuple[PoolLimits, ...]:
@@ -55,7 +59,7 @@ def choose_pool(
     """Pick the pool for a request whose max_tokens already passed the cap (see context_cap)."""
     fitting = pools_that_hold(prompt_tokens, max_tokens, pools, cap)
     if not fitting:
-        biggest = max(p.context_limit(cap) for p in pools)
+        biggest = largest_context(pools, cap)
         raise ContextLengthExceeded(
             f"No pool can hold this request: {prompt_tokens} prompt tokens"
             + ("" if max_tokens is None else f" + {max_tokens} completion tokens")

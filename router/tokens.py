@@ -81,8 +81,8 @@ class TekkenCounter:
     def count_chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None) -> int:
         return len(self.encode_chat(messages, tools))
 
-    def encode_text(self, prompt: str) -> list[int]:
-        return self._tokenizer.instruct_tokenizer.tokenizer.encode(prompt, bos=True, eos=False)
+    def encode_text(self, prompt: str, *, bos: bool = True) -> list[int]:
+        return self._tokenizer.instruct_tokenizer.tokenizer.encode(prompt, bos=bos, eos=False)
 
     def count_text(self, prompt: str) -> int:
         return len(self.encode_text(prompt))

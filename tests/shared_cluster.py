@@ -129,20 +129,17 @@ def deploy_app(local_cluster: dict, name: str, args: dict, timeout_s: float = 18
 
     Needs the `ray_driver` fixture. Returns the application's root URL.
     """
-    import httpx
     from ray import serve
 
+    from cluster.local import wait_for_health
     from router.app import build_app
 
     started = time.monotonic()
     serve.run(build_app(args), name=name, route_prefix=f"/{name}", blocking=False)
     url = f"{local_cluster['root_url']}/{name}"
-    while time.monotonic() - started < timeout_s:
-        try:
-            if httpx.get(f"{url}/health", timeout=10).status_code == 200:
-                print(f"\napplication {name!r} healthy {time.monotonic() - started:.0f} s after deploy")
-                return url
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"application {name!r} not healthy after {timeout_s:.0f} s")
+    try:
+        wait_for_health(f"{url}/health", timeout_s)
+    except TimeoutError as exc:
+        pytest.fail(f"application {name!r}: {exc}")
+    print(f"\napplication {name!r} healthy {time.monotonic() - started:.0f} s after deploy")
+    return url
