@@ -84,7 +84,7 @@ def run(config_path: str, port: int | None, num_cpus: int | None, health_timeout
     try:
         _log("starting a local Ray head")
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
-                 runtime_env={"env_vars": {k: os.environ[k] for k in ("TENANTS_FILE", "LEDGER_URL") if k in os.environ}})
+                 runtime_env={"env_vars": {k: os.environ[k] for k in ("TENANTS_FILE", "PRICES_FILE", "LEDGER_URL") if k in os.environ}})
         serve.start(http_options={"host": host, "port": http_port}, proxy_location=config.get("proxy_location", "HeadOnly"))
         for app_spec in config["applications"]:
             _log(f"deploying application {app_spec['name']!r} from {config_path}")

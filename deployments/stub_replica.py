@@ -95,13 +95,15 @@ class StubReplica:
             piece, emitted = decoded[len(emitted):], decoded
             reasoning, content = splitter.feed(matcher.feed(piece))
             if reasoning or content:
-                yield delta_event(reasoning=reasoning, content=content)
+                yield delta_event(reasoning=reasoning, content=content,
+                                  completion_tokens=generated, reasoning_tokens=reasoning_tokens)
             if matcher.stopped:
                 break
         reasoning, content = splitter.feed(matcher.finish())
         tail_r, tail_c = splitter.finish()
         if reasoning + tail_r or content + tail_c:
-            yield delta_event(reasoning=reasoning + tail_r, content=content + tail_c)
+            yield delta_event(reasoning=reasoning + tail_r, content=content + tail_c,
+                              completion_tokens=generated, reasoning_tokens=reasoning_tokens)
         yield end_event(
             finish_reason=finish_reason,
             prompt_tokens=prompt_tokens,

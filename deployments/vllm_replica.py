@@ -122,10 +122,11 @@ class MagistralLLMServer(LLMServer):
         self._id = ReplicaIdentity.current(pool, accelerator)
 
     def _engine_request(self, request: GenerateRequest):
-        common = dict(model=self._model_id, max_tokens=request.max_tokens, stream=request.stream,
+        # Always stream from the engine, with usage on every chunk: a request cancelled mid-way
+        # (streamed to the client or not) is then billed the tokens generated up to the abort.
+        common = dict(model=self._model_id, max_tokens=request.max_tokens, stream=True,
+                      stream_options={"include_usage": True, "continuous_usage_stats": True},
                       stop=request.stop or None, **request.sampling)
-        if request.stream:
-            common["stream_options"] = {"include_usage": True}
         if request.kind == "chat":
             extra = {"tools": request.tools, "tool_choice": request.tool_choice} if request.tools else {}
             if request.response_format:
@@ -160,6 +161,7 @@ class MagistralLLMServer(LLMServer):
                     for choice in payload.get("choices") or []:
                         event = _delta_from_choice(choice)
                         if event["reasoning"] or event["content"] or event["tool_calls"]:
+                            event["completion_tokens"], event["reasoning_tokens"] = usage.completion, usage.reasoning
                             yield event
             yield usage.end()
             cancelled = False

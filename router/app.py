@@ -12,11 +12,20 @@ from deployments.stub_replica import StubReplica
 from router.config import AppConfig
 from router.ingress import RouterIngress
 from router.request_router import TokenLoadRouter
-from router.tenants import TenantDirectory
+from router.tenancy.directory import TenantDirectory, read_yaml
+from router.tenancy.pricing import PriceTable
 
 
 def _absolute(path: str | None) -> str | None:
     return os.path.abspath(path) if path else path
+
+
+def _absolute_sqlite(url: str) -> str:
+    """A relative SQLite path is relative to where `serve run` was started, not to each worker."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + os.path.abspath(url[len(prefix):])
+    return url
 
 
 def _read(path: str) -> str:
@@ -28,6 +37,9 @@ def build_app(args: dict[str, Any]) -> Application:
     config = AppConfig.from_args(args)
     config = config.model_copy(update={
         "tokenizer_path": _absolute(config.tokenizer_path),
+        "tenants_file": _absolute(config.tenants_file),
+        "prices_file": _absolute(config.prices_file),
+        "ledger_url": _absolute_sqlite(config.ledger_url),
         "system_prompt": _read(config.system_prompt_file) if config.system_prompt_file else config.system_prompt,
     })
     pools = {}
@@ -54,6 +66,7 @@ def build_app(args: dict[str, Any]) -> Application:
             decode_ms_per_token=pool.engine.decode_ms_per_token,
             tokenizer_path=config.tokenizer_path,
         )
-    # Read here so a bad tenants file fails the deploy, not a replica later.
-    tenants = TenantDirectory.from_file(_absolute(config.tenants_file)).digests_by_tenant
-    return RouterIngress.options(name="router", num_replicas=config.router_replicas).bind(config.model_dump(mode="json"), tenants, pools)
+    # Read here so a bad tenants or prices file fails the deploy, not a replica later.
+    TenantDirectory.from_file(config.tenants_file)
+    PriceTable.from_dict(read_yaml(config.prices_file)).check_covers([p.name for p in config.enabled_pools])
+    return RouterIngress.options(name="router", num_replicas=config.router_replicas).bind(config.model_dump(mode="json"), pools)

@@ -11,6 +11,7 @@ from router.context_cap import OverflowPolicy
 from router.pools import PoolLimits
 
 MAGISTRAL_CONTEXT = 40_960
+ENV_OVERRIDES = {"TENANTS_FILE": "tenants_file", "PRICES_FILE": "prices_file", "LEDGER_URL": "ledger_url"}
 
 
 class StubEngine(BaseModel):
@@ -100,7 +101,11 @@ class AppConfig(BaseModel):
     context_cap: int = Field(MAGISTRAL_CONTEXT, gt=1)
     overflow_policy: OverflowPolicy = OverflowPolicy.CLAMP
     tokenizer_path: str | None = None  # Tekken file; None: the one mistral-common ships
-    tenants_file: str = "configs/tenants.yaml"
+    tenants_file: str = "configs/tenants.yaml"  # env TENANTS_FILE
+    prices_file: str = "configs/prices.yaml"  # env PRICES_FILE
+    ledger_url: str = "sqlite:///.run/ledger.db"  # env LEDGER_URL; or postgresql://user:pw@host/db
+    tenants_reload_s: float = Field(2.0, gt=0)  # edits to the tenants / prices files apply within this
+    reservation_ttl_s: float = Field(15.0, ge=1)  # a dead ingress's reservations are dropped after ~this
     router_replicas: int = Field(1, ge=1)
     # Magistral's recommended sampling, applied when a request leaves a value out.
     default_sampling: dict[str, float] = Field(default_factory=lambda: {"temperature": 0.7, "top_p": 0.95})
@@ -130,11 +135,11 @@ class AppConfig(BaseModel):
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> "AppConfig":
-        """Validate serve-config args; TENANTS_FILE overrides the tenants file without an edit."""
+        """Validate serve-config args; TENANTS_FILE, PRICES_FILE and LEDGER_URL override the
+        config's files and ledger without an edit."""
         config = cls.model_validate(args)
-        if os.environ.get("TENANTS_FILE"):
-            config = config.model_copy(update={"tenants_file": os.environ["TENANTS_FILE"]})
-        return config
+        overrides = {field: os.environ[env] for env, field in ENV_OVERRIDES.items() if os.environ.get(env)}
+        return config.model_copy(update=overrides) if overrides else config
 
     def served_model_ids(self) -> list[str]:
         return [self.model_id, *self.model_aliases]

@@ -1,9 +1,11 @@
 """The OpenAI-compatible ingress: FastAPI on Ray Serve, a thin adapter around router.admission.
 
-Per request: authenticate the tenant, validate the body, count prompt tokens (only when the byte
-bound does not already decide), apply the 40 960 cap, choose a pool, stream from the pool's
-replica (chosen by TokenLoadRouter), and answer in OpenAI's shape with x-request-id, x-pool and
-x-replica. A client that goes away cancels the replica's generator.
+Per request: authenticate the tenant, validate the body, count prompt tokens (only when a decision
+depends on the exact count), apply the 40 960 cap, choose a pool among the tenant's, reserve the
+tenant's quota, stream from the pool's replica (chosen by TokenLoadRouter), settle the quota and
+the ledger row from the real usage, and answer in OpenAI's shape with x-request-id, x-pool,
+x-replica, x-cost-usd and x-ratelimit-*. A client that goes away cancels the replica's generator
+and is billed the tokens delivered so far.
 """
 
 import asyncio
@@ -28,7 +30,11 @@ from router.context_cap import ContextLengthExceeded
 from router.inflight import InFlight
 from router.magistral_defaults import with_default_sampling, with_system_prompt
 from router.openai_format import Collected, ResponseWriter, sse
-from router.tenants import Tenant, TenantDirectory
+from router.pools import PoolLimits
+from router.tenancy.directory import Tenant
+from router.tenancy.gate import CANCELLED, FAILED, Meter, TenancyGate, TenancySettings, cost_header
+from router.tenancy.store import RequestInfo
+from router.tenancy.usage_report import UsageQuery, report
 from router.tokens import PromptInvalid, TekkenCounter, chat_upper_bound, text_upper_bound
 
 logger = logging.getLogger("ray.serve")
@@ -85,8 +91,8 @@ def _bearer_key(request: Request) -> str | None:
 
 async def _tenant(request: Request) -> Tenant:
     """Route dependency: FastAPI runs it before validating the body, so a keyless request gets
-    401 whatever its body. The directory is the replica's (set in RouterIngress.__init__)."""
-    tenant = request.app.state.tenants.authenticate(_bearer_key(request))
+    401 whatever its body. The gate is the replica's (set in RouterIngress.__init__)."""
+    tenant = request.app.state.gate.authenticate(_bearer_key(request))
     if tenant is None:
         raise errors.unauthorized()
     return tenant
@@ -120,9 +126,13 @@ def _job(request_id: str, kind: str, admission: Admission, body, sampling_defaul
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
 @serve.ingress(app)
 class RouterIngress:
-    def __init__(self, config: dict, tenants: dict[str, list[str]], pools: dict[str, DeploymentHandle]):
+    def __init__(self, config: dict, pools: dict[str, DeploymentHandle]):
         self._config = AppConfig.model_validate(config)
-        app.state.tenants = TenantDirectory(tenants)  # one ingress replica per process
+        self._gate = TenancyGate(TenancySettings(
+            tenants_file=self._config.tenants_file, prices_file=self._config.prices_file,
+            ledger_url=self._config.ledger_url, reload_s=self._config.tenants_reload_s,
+            reservation_ttl_s=self._config.reservation_ttl_s))
+        app.state.gate = self._gate  # one ingress replica per process
         self._pools = pools
         self._limits = self._config.pool_limits()
         self._counter = TekkenCounter(self._config.tokenizer_path)
@@ -160,24 +170,32 @@ class RouterIngress:
         messages = with_system_prompt(body.message_dicts(), self._config.system_prompt)
         tools = body.tools
         admission = await self._admit(
-            chat_upper_bound(messages, tools), lambda: self._counter.count_chat(messages, tools), body.requested_max_tokens()
+            tenant, chat_upper_bound(messages, tools), lambda: self._counter.count_chat(messages, tools),
+            body.requested_max_tokens(),
         )
         if admission.prompt_tokens is None:  # not counted: still refuse what the template rejects
             self._guard_prompt(lambda: self._counter.validate_chat(messages, tools))
         job = _job(request_id, "chat", admission, body, self._config.default_sampling,
                    messages=messages, tools=tools, tool_choice=body.tool_choice,
                    response_format=body.response_format)
-        return await self._serve(job, admission, ResponseWriter("chat", f"chatcmpl-{request_id}", body.model), body.stream, body.include_usage)
+        return await self._serve(job, admission, ResponseWriter("chat", f"chatcmpl-{request_id}", body.model), body, tenant)
 
     @app.post("/v1/completions")
     async def completions(self, body: CompletionRequest, request: Request, tenant: Tenant = Depends(_tenant)):
         request_id = self._begin(request, body.model)
         prompt = body.prompt_text()
         admission = await self._admit(
-            text_upper_bound(prompt), lambda: self._counter.count_text(prompt), body.requested_max_tokens()
+            tenant, text_upper_bound(prompt), lambda: self._counter.count_text(prompt), body.requested_max_tokens()
         )
         job = _job(request_id, "completion", admission, body, self._config.default_sampling, prompt=prompt)
-        return await self._serve(job, admission, ResponseWriter("completion", f"cmpl-{request_id}", body.model), body.stream, body.include_usage)
+        return await self._serve(job, admission, ResponseWriter("completion", f"cmpl-{request_id}", body.model), body, tenant)
+
+    @app.get("/v1/usage")
+    async def usage(self, request: Request, tenant: Tenant = Depends(_tenant)) -> dict:
+        """The caller's usage from the ledger (admin keys: every tenant's, or ?tenant=)."""
+        query = UsageQuery.parse(request.query_params, tenant)
+        totals, rows = await self._gate.usage(query.tenant, query.start, query.end, query.pool, query.limit)
+        return report(query, totals, rows)
 
     # ---- steps --------------------------------------------------------------------------
     def _begin(self, request: Request, model: str) -> str:
@@ -189,12 +207,24 @@ class RouterIngress:
         if model not in self._model_ids:
             raise errors.model_not_found(model)
 
-    async def _admit(self, bound: int | None, count, max_tokens: int | None) -> Admission:
+    def _pools_for(self, tenant: Tenant) -> list[PoolLimits]:
+        pools = [p for p in self._limits if tenant.may_use(p.name)]
+        if not pools:
+            raise errors.APIError(403, "Your API key may not use any pool this endpoint serves.",
+                                  type="permission_denied", code="no_allowed_pool")
+        return pools
+
+    async def _admit(self, tenant: Tenant, bound: int | None, count, max_tokens: int | None) -> Admission:
+        pools = self._pools_for(tenant)
         outstanding = self._pool_load.snapshot_tokens()  # read on the loop, not in the thread
+        # A request that leaves max_tokens to the context may be clamped to what the tenant's
+        # token or money limits allow: that needs the exact prompt, not its byte bound.
+        if max_tokens is None and tenant.limits.bounds_tokens:
+            bound = None
 
         def decide() -> Admission:
             return admit(
-                upper_bound=bound, count_exact=count, max_tokens=max_tokens, pools=self._limits,
+                upper_bound=bound, count_exact=count, max_tokens=max_tokens, pools=pools,
                 outstanding_tokens=outstanding, cap=self._config.context_cap,
                 policy=self._config.overflow_policy,
             )
@@ -214,56 +244,101 @@ class RouterIngress:
         except PromptInvalid as exc:
             raise errors.APIError(400, f"Invalid messages: {exc}", param="messages", code="invalid_messages") from exc
 
-    async def _serve(self, job: GenerateRequest, admission: Admission, writer: ResponseWriter, stream: bool, include_usage: bool):
+    async def _reserve(self, job: GenerateRequest, admission: Admission, tenant: Tenant, model: str,
+                       requested_max_tokens: int | None, request_key: str) -> Meter:
+        """Reserve the request's worst case; a clamp by the tenant's limits lowers max_tokens."""
+        info = RequestInfo(request_key, tenant.name, client_request_id=job.request_id, route=job.kind,
+                           model=model, pool=admission.pool)
+        prompt = admission.prompt_tokens_bound  # the exact count when it was counted
+        worst = admission.max_tokens if admission.max_tokens is not None else admission.context_limit - prompt
+        meter = await self._gate.reserve(tenant, info, prompt_tokens=prompt, max_tokens=worst,
+                                         clampable=requested_max_tokens is None)
+        if meter.grant.clamped_from is not None:
+            job.max_tokens = meter.max_tokens
+        return meter
+
+    async def _serve(self, job: GenerateRequest, admission: Admission, writer: ResponseWriter, body, tenant: Tenant):
         pool = admission.pool
-        load_key = uuid.uuid4().hex  # client-chosen request ids may repeat; this may not
-        self._pool_load.add(pool, load_key, job.work_tokens)
+        request_key = uuid.uuid4().hex  # client-chosen request ids may repeat; this may not
+        meter = await self._reserve(job, admission, tenant, body.model, body.requested_max_tokens(), request_key)
+        self._pool_load.add(pool, request_key, job.work_tokens)
         events = self._pools[pool].options(stream=True).generate.remote(job)
-        release = functools.partial(self._release, load_key, events)
+        release = functools.partial(self._release, request_key, events)
         try:
             start = await events.__anext__()
         except Exception as exc:
             release()
+            self._gate.settle_soon(meter, FAILED, f"pool {pool} could not take the request", generated=False)
             logger.exception("pool %s failed to start request %s", pool, job.request_id)
             raise errors.unavailable(f"Pool '{pool}' could not take the request; retry shortly.") from exc
         except BaseException:  # cancelled: the client went away
             release()
+            self._gate.settle_soon(meter, CANCELLED, generated=False)
             raise
         if start["event"] == ERROR:
             release()
+            self._gate.settle_soon(meter, FAILED, start["message"], generated=False)
             raise _engine_error(start)
         assert start["event"] == START, start
+        meter.observe(start)
         # x-request-id is added to every response by Serve's proxy (see _request_id).
-        headers = {"x-pool": pool, "x-replica": start["replica"]}
-        if not stream:
-            try:
-                collected = Collected()
-                async for event in events:
-                    if event["event"] == ERROR:
-                        raise _engine_error(event)
-                    collected.add(event)
-            finally:
-                release()
-            return JSONResponse(writer.full(collected), headers=headers)
+        headers = {"x-pool": pool, "x-replica": start["replica"], **meter.rate_headers}
+        if not body.stream:
+            return await self._whole(events, release, meter, writer, headers)
         return _ReleasingStream(
-            self._sse(job, events, writer, include_usage), release=release,
+            self._sse(job, events, writer, body.include_usage, meter),
+            release=lambda: (release(), self._gate.settle_soon(meter, CANCELLED)),
             media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"},
         )
 
-    async def _sse(self, job: GenerateRequest, events, writer: ResponseWriter, include_usage: bool) -> AsyncIterator[bytes]:
-        """The SSE body; _ReleasingStream releases the request however the stream ends."""
+    async def _whole(self, events, release, meter: Meter, writer: ResponseWriter, headers: dict) -> JSONResponse:
+        """A non-streamed answer: gather every event, settle, then answer with the cost."""
+        collected = Collected()
+        try:
+            async for event in events:
+                if event["event"] == ERROR:
+                    self._gate.settle_soon(meter, FAILED, event["message"], generated=False)
+                    raise _engine_error(event)
+                meter.observe(event)
+                collected.add(event)
+        except errors.APIError:
+            raise
+        except Exception as exc:  # the replica died: the client gets nothing, so nothing is billed
+            self._gate.settle_soon(meter, FAILED, f"replica failed: {type(exc).__name__}", generated=False)
+            logger.exception("replica failed during request %s", meter.info.client_request_id)
+            raise errors.unavailable("The replica serving this request failed; retry shortly.") from exc
+        except BaseException:  # the client went away: billed what was generated up to now
+            self._gate.settle_soon(meter, CANCELLED)
+            raise
+        finally:
+            release()
+        cost = await self._gate.settle(meter)
+        return JSONResponse(writer.full(collected, cost), headers={**headers, **cost_header(cost)})
+
+    async def _sse(self, job: GenerateRequest, events, writer: ResponseWriter, include_usage: bool,
+                   meter: Meter) -> AsyncIterator[bytes]:
+        """The SSE body; _ReleasingStream releases the request however the stream ends. A delta is
+        counted once the client has taken it (the generator resumes after the send)."""
         try:
             yield sse(writer.chunk(None, first=True))
             async for event in events:
                 if event["event"] == ERROR:  # headers are out: report in-band and stop
+                    await self._gate.settle(meter, FAILED, event["message"])
                     yield sse(_engine_error(event).body())
                     break
+                if event["event"] == END:
+                    meter.observe(event)
+                    cost = await self._gate.settle(meter)
+                    yield sse(writer.chunk(event))
+                    if include_usage:
+                        yield sse(writer.usage_chunk(event, cost))
+                    continue
                 yield sse(writer.chunk(event))
-                if event["event"] == END and include_usage:
-                    yield sse(writer.usage_chunk(event))
+                meter.observe(event)
             yield sse("[DONE]")
         except Exception:  # headers are sent: report in-band, as OpenAI does, and end the stream
             logger.exception("stream %s failed", job.request_id)
+            await self._gate.settle(meter, FAILED, "replica failed mid-stream")
             yield sse(errors.server_error(job.request_id).body())
 
     def _release(self, load_key: str, events) -> None:

@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from deployments.protocol import DELTA, END
 
 
-def usage_body(end: dict) -> dict:
+def usage_body(end: dict, cost_usd: Decimal | None = None) -> dict:
+    """OpenAI's usage, plus `cost_usd` (what the ledger bills for it) when it is known."""
     prompt, completion = end["prompt_tokens"], end["completion_tokens"]
-    return {
+    body = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "completion_tokens_details": {"reasoning_tokens": end["reasoning_tokens"]},
     }
+    if cost_usd is not None:
+        body["cost_usd"] = float(cost_usd)  # a float's repr is the shortest text that reads back: exact
+    return body
 
 
 def sse(payload: dict | str) -> bytes:
@@ -67,7 +72,7 @@ class ResponseWriter:
     def _envelope(self, obj: str, choices: list[dict]) -> dict:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
 
-    def full(self, collected: Collected) -> dict:
+    def full(self, collected: Collected, cost_usd: Decimal | None = None) -> dict:
         end = collected.end or {}
         reasoning, content = "".join(collected.reasoning), "".join(collected.content)
         finish = end.get("finish_reason", "stop")
@@ -83,7 +88,7 @@ class ResponseWriter:
         else:
             choice = {"index": 0, "text": reasoning + content, "logprobs": None, "finish_reason": finish}
         body = self._envelope(self.object, [choice])
-        body["usage"] = usage_body(end) if end else None
+        body["usage"] = usage_body(end, cost_usd) if end else None
         return body
 
     def chunk(self, event: dict | None, *, first: bool = False) -> dict:
@@ -106,7 +111,7 @@ class ResponseWriter:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
         return self._envelope(self.chunk_object, [choice])
 
-    def usage_chunk(self, end: dict) -> dict:
+    def usage_chunk(self, end: dict, cost_usd: Decimal | None = None) -> dict:
         body = self._envelope(self.chunk_object, [])
-        body["usage"] = usage_body(end)
+        body["usage"] = usage_body(end, cost_usd)
         return body

@@ -4,7 +4,6 @@ from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
 from router.config import AppConfig
-from router.tenants import TenantDirectory, key_digest
 
 
 def local_args():
@@ -23,9 +22,14 @@ def test_local_config_is_a_valid_serve_config_with_two_pools():
     assert config.context_cap == 40_960
 
 
-def test_tenants_file_env_override(monkeypatch):
+def test_files_and_ledger_env_overrides(monkeypatch):
     monkeypatch.setenv("TENANTS_FILE", "/elsewhere/tenants.yaml")
-    assert AppConfig.from_args(local_args()).tenants_file == "/elsewhere/tenants.yaml"
+    monkeypatch.setenv("PRICES_FILE", "/elsewhere/prices.yaml")
+    monkeypatch.setenv("LEDGER_URL", "postgresql://u@db/ledger")
+    config = AppConfig.from_args(local_args())
+    assert (config.tenants_file, config.prices_file, config.ledger_url) == (
+        "/elsewhere/tenants.yaml", "/elsewhere/prices.yaml", "postgresql://u@db/ledger")
+    assert config.router_replicas == 2
 
 
 def test_bad_config_is_refused():
@@ -35,17 +39,3 @@ def test_bad_config_is_refused():
         AppConfig.from_args(args)  # duplicate pool name
     with pytest.raises(ValidationError):
         AppConfig.from_args({**local_args(), "overflow_policy": "sometimes"})
-
-
-def test_demo_tenant_authenticates(tmp_path):
-    tenants = TenantDirectory.from_file("configs/tenants.yaml")
-    assert tenants.authenticate("sk-local-demo").name == "demo"
-    assert tenants.authenticate("sk-wrong") is None and tenants.authenticate(None) is None
-    f = tmp_path / "t.yaml"
-    f.write_text(f"tenants:\n  acme:\n    api_key_sha256: ['{key_digest('sk-acme')}']\n")
-    assert TenantDirectory.from_file(str(f)).authenticate("sk-acme").name == "acme"
-
-
-def test_one_key_for_two_tenants_is_refused():
-    with pytest.raises(ValueError):
-        TenantDirectory({"a": [key_digest("k")], "b": [key_digest("k")]})

@@ -1,0 +1,189 @@
+"""The ingress side of tenancy: who is calling, may the request start, and what it cost.
+
+`TenancyGate` authenticates keys against the (reloading) tenants file, reserves each request's
+worst case in the QuotaStore before it reaches a replica, and settles it from what the replica
+reported. `Meter` follows one request's events so that whatever way it ends (finished,
+cancelled by the client, failed mid-stream) it is settled exactly once with the tokens that were
+delivered. Database work runs on a small thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from deployments.protocol import DELTA, END, START
+from router import errors
+from router.tenancy.directory import ReloadingFile, Tenant, TenantDirectory
+from router.tenancy.pricing import PriceTable, Prices, usd_text
+from router.tenancy.quota import OUT_OF_BUDGET, Ask, Grant, RateHeaders, Refusal
+from router.tenancy.store import (CANCELLED, COMPLETED, FAILED, Outcome, QuotaStore, RequestInfo, utcnow)
+
+logger = logging.getLogger("ray.serve")
+
+_SETTLE_ATTEMPTS = 5
+_SETTLE_BACKOFF_S = 0.2
+
+
+class Meter:
+    """One admitted request: its reservation, and the usage seen so far in its events."""
+
+    def __init__(self, info: RequestInfo, prices: Prices, grant: Grant, prompt_tokens: int):
+        self.info, self.prices, self.grant = info, prices, grant
+        self.prompt_tokens = prompt_tokens  # exact or bound until the replica reports
+        self.completion_tokens = self.reasoning_tokens = 0
+        self.identity: dict = {}
+        self.settling: asyncio.Future | None = None
+        self.cost: Decimal | None = None
+
+    @property
+    def max_tokens(self) -> int:
+        return self.grant.max_tokens
+
+    @property
+    def rate_headers(self) -> dict[str, str]:
+        return self.grant.headers.as_headers()
+
+    def observe(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == START:
+            self.identity = {k: event.get(k) for k in ("replica", "node_id", "accelerator")}
+            if event.get("prompt_tokens") is not None:
+                self.prompt_tokens = event["prompt_tokens"]
+        elif kind in (DELTA, END):
+            # Cumulative counts: a delta carries the tokens generated up to and including it.
+            if event.get("completion_tokens") is not None:
+                self.completion_tokens = event["completion_tokens"]
+                self.reasoning_tokens = event.get("reasoning_tokens") or 0
+            if kind == END:
+                self.prompt_tokens = event["prompt_tokens"]
+
+    def outcome(self, status: str, error: str | None = None, *, generated: bool = True) -> Outcome:
+        """generated=False: the request never reached an engine that took it; nothing to bill."""
+        prompt, completion, reasoning = (self.prompt_tokens, self.completion_tokens, self.reasoning_tokens) \
+            if generated else (0, 0, 0)
+        self.cost = self.prices.cost(prompt, completion, reasoning)
+        return Outcome(status, prompt, completion, reasoning, self.cost, error=error and error[:512],
+                       replica=self.identity.get("replica"), node_id=self.identity.get("node_id"),
+                       accelerator=self.identity.get("accelerator"))
+
+
+@dataclass(frozen=True)
+class TenancySettings:
+    tenants_file: str
+    prices_file: str
+    ledger_url: str
+    reload_s: float = 2.0
+    reservation_ttl_s: float = 15.0
+
+
+class TenancyGate:
+    def __init__(self, settings: TenancySettings):
+        self.settings = settings
+        self.tenants = ReloadingFile(settings.tenants_file, TenantDirectory.from_dict, settings.reload_s)
+        self.prices = ReloadingFile(settings.prices_file, PriceTable.from_dict, settings.reload_s)
+        self.store = QuotaStore(settings.ledger_url, reservation_ttl_s=settings.reservation_ttl_s)
+        self.ingress_id = uuid.uuid4().hex
+        # SQLite takes one writer at a time: more threads would only wait on its lock.
+        workers = 1 if self.store.engine.dialect.name == "sqlite" else 8
+        self._db = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ledger")
+        self._keeper: asyncio.Task | None = None
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    def authenticate(self, key: str | None) -> Tenant | None:
+        return self.tenants.get().authenticate(key)
+
+    # ---- reservation ----------------------------------------------------------------------
+    async def reserve(self, tenant: Tenant, info: RequestInfo, *, prompt_tokens: int, max_tokens: int,
+                      clampable: bool) -> Meter:
+        """Reserve the worst case, or raise the 429 (or 503 when the store is down)."""
+        self._ensure_keeper()
+        prices = self.prices.get().prices(tenant.tier, info.pool)
+        ask = Ask(prompt_tokens, max_tokens, clampable, prices.input / 1_000_000, prices.completion_max / 1_000_000)
+        info.started_at = utcnow()
+        try:
+            decision = await self._run(self.store.reserve, info, self.ingress_id, tenant.limits, ask)
+        except Exception as exc:  # noqa: BLE001 - no store, no admission: fail closed
+            logger.error("quota store unavailable, refusing request %s: %s", info.request_id, type(exc).__name__)
+            raise errors.unavailable("Quota service unavailable; retry shortly.") from exc
+        if isinstance(decision, Refusal):
+            raise refusal_error(decision)
+        return Meter(info, prices, decision, prompt_tokens)
+
+    # ---- settlement -----------------------------------------------------------------------
+    async def settle(self, meter: Meter, status: str = COMPLETED, error: str | None = None,
+                     *, generated: bool = True) -> Decimal | None:
+        """Settle once and wait until the ledger row is committed; returns the cost (None if the
+        store stayed unavailable: the reservation then expires and the failure is logged)."""
+        if meter.settling is None:
+            outcome = meter.outcome(status, error, generated=generated)
+            meter.settling = asyncio.ensure_future(self._settle_with_retries(meter.info, outcome))
+        ok = await asyncio.shield(meter.settling)
+        return meter.cost if ok else None
+
+    def settle_soon(self, meter: Meter, status: str = CANCELLED, error: str | None = None,
+                    *, generated: bool = True) -> None:
+        """Settle without waiting (the client is gone); does nothing if already settling."""
+        if meter.settling is None:
+            outcome = meter.outcome(status, error, generated=generated)
+            meter.settling = asyncio.ensure_future(self._settle_with_retries(meter.info, outcome))
+
+    async def _settle_with_retries(self, info: RequestInfo, outcome: Outcome) -> bool:
+        for attempt in range(_SETTLE_ATTEMPTS):
+            try:
+                await self._run(self.store.settle, info, outcome)
+                return True
+            except Exception as exc:  # noqa: BLE001 - retried; settle is idempotent
+                logger.warning("settling %s failed (attempt %d): %s", info.request_id, attempt + 1, type(exc).__name__)
+                await asyncio.sleep(_SETTLE_BACKOFF_S * 2 ** attempt)
+        logger.error("request %s (tenant %s) could not be written to the ledger", info.request_id, info.tenant)
+        return False
+
+    # ---- reading --------------------------------------------------------------------------
+    async def usage(self, tenant: str | None, start: datetime | None, end: datetime | None, pool: str | None,
+                    limit: int) -> tuple[list[dict], list[dict]]:
+        totals = await self._run(self.store.totals, tenant, start, end, pool)
+        rows = await self._run(self.store.rows, tenant, start, end, pool, limit + 1)
+        return totals, rows
+
+    # ---- keeping reservations alive -------------------------------------------------------
+    def _ensure_keeper(self) -> None:
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(self._keep())
+
+    async def _keep(self) -> None:
+        """Renew this ingress's reservations; drop any ingress's that stopped being renewed."""
+        interval = self.settings.reservation_ttl_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._run(self.store.renew, self.ingress_id)
+                dropped = await self._run(self.store.expire)
+                if dropped:
+                    logger.warning("dropped %d reservations whose ingress stopped renewing them", dropped)
+            except Exception as exc:  # noqa: BLE001 - try again next round
+                logger.warning("renewing reservations failed: %s", type(exc).__name__)
+
+
+def refusal_error(refusal: Refusal) -> errors.APIError:
+    """OpenAI's 429s: `rate_limit_exceeded` (type requests/tokens) or `insufficient_quota`."""
+    headers = {"retry-after": str(refusal.retry_after_s), **refusal.headers.as_headers()}
+    if refusal.code == OUT_OF_BUDGET:
+        return errors.APIError(429, refusal.message, type="insufficient_quota", code=OUT_OF_BUDGET, headers=headers)
+    kind = "tokens" if refusal.limit == "tokens_per_minute" else "requests"
+    return errors.APIError(429, refusal.message, type=kind, code=refusal.code, headers=headers)
+
+
+def cost_header(cost: Decimal | None) -> dict[str, str]:
+    return {} if cost is None else {"x-cost-usd": usd_text(cost)}
+
+
+__all__ = ["CANCELLED", "COMPLETED", "FAILED", "Meter", "RateHeaders", "TenancyGate", "TenancySettings",
+           "cost_header", "refusal_error"]

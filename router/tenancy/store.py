@@ -1,0 +1,392 @@
+"""The quota state and the usage ledger, in one SQL database shared by every ingress replica.
+
+Why the database holds the quota state (and not an actor or local counters): a reservation and
+the ledger row that settles it commit in the same transaction as the counters they change, so a
+crash of any process (an ingress replica, the database client, the server itself on restart)
+can neither reset a spent budget nor bill a request twice, and there is no state to rebuild.
+Each decision runs under a per-tenant lock (PostgreSQL: an advisory transaction lock; SQLite:
+BEGIN IMMEDIATE), so concurrent requests on any number of ingress replicas see each other's
+reservations. On this machine one transaction costs well under a Ray actor round trip.
+
+Tables: `usage_ledger` (one row per request, idempotent on request_id), `quota_reservations`
+(requests in flight, each with an expiry its ingress keeps renewing), `quota_counters` (settled
+tokens and dollars per tenant per UTC day and month).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from sqlalchemy import (BigInteger, bindparam, case, Column, DateTime, Index, Integer, MetaData, String, Table, TypeDecorator,
+                        create_engine, delete, event, func, select, text, type_coerce, update)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from router.tenancy.pricing import from_pico, to_pico
+from router.tenancy.quota import Ask, Grant, Limits, Refusal, Spend, TenantState, WINDOW_S, day_key, decide, month_key
+
+COMPLETED, CANCELLED, FAILED, REFUSED, EXPIRED = "completed", "cancelled", "failed", "refused", "expired"
+
+
+class Money(TypeDecorator):
+    """Dollars as Decimal in Python, whole picodollars in the database: exact on every backend."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else to_pico(Decimal(value))
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else from_pico(int(value))
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps them as naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+metadata = MetaData()
+
+ledger = Table(
+    "usage_ledger", metadata,
+    Column("request_id", String(64), primary_key=True),  # unique per request, made by the router
+    Column("client_request_id", String(256)),  # the x-request-id the client saw
+    Column("tenant", String(128), nullable=False),
+    Column("route", String(32)),
+    Column("model", String(128)),
+    Column("pool", String(64)),
+    Column("replica", String(128)),
+    Column("node_id", String(64)),
+    Column("accelerator", String(64)),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("reasoning_tokens", Integer, nullable=False),
+    Column("cost_usd", Money, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("error", String(512)),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=False),
+    Column("trace_id", String(32)),  # filled by tracing
+    Index("ix_usage_ledger_tenant_started", "tenant", "started_at"),
+    Index("ix_usage_ledger_started", "started_at"),
+)
+
+reservations = Table(
+    "quota_reservations", metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("ingress_id", String(64), nullable=False),
+    Column("client_request_id", String(256)),
+    Column("route", String(32)),
+    Column("model", String(128)),
+    Column("pool", String(64)),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("tokens", Integer, nullable=False),  # worst case: prompt + max_tokens
+    Column("cost_usd", Money, nullable=False),  # worst case
+    Column("reserved_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_quota_reservations_tenant", "tenant"),
+    Index("ix_quota_reservations_ingress", "ingress_id"),
+)
+
+counters = Table(
+    "quota_counters", metadata,
+    Column("tenant", String(128), primary_key=True),
+    Column("period", String(10), primary_key=True),  # '2026-11-22' (UTC day) or '2026-11' (month)
+    Column("requests", BigInteger, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    Column("cost_usd", Money, nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class RequestInfo:
+    """What the ledger needs to know of a request before it runs."""
+
+    request_id: str
+    tenant: str
+    client_request_id: str | None = None
+    route: str | None = None
+    model: str | None = None
+    pool: str | None = None
+    started_at: datetime | None = None
+
+
+@dataclass
+class Outcome:
+    """How a request ended, from the usage the engine reported (or the tokens delivered)."""
+
+    status: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    replica: str | None = None
+    node_id: str | None = None
+    accelerator: str | None = None
+    error: str | None = None
+    trace_id: str | None = None
+
+
+def normalise_url(url: str) -> str:
+    """postgresql:// means psycopg 3 here (SQLAlchemy's default PostgreSQL driver is psycopg2)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            cur.execute("PRAGMA synchronous=NORMAL")  # in WAL: a commit survives a process crash
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn):
+            # Writers take the write lock first (no lock-upgrade deadlocks); readers never lock.
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("read_only") else "BEGIN IMMEDIATE")
+
+        return engine
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"ledger URL must be sqlite:///... or postgresql://..., not {parsed.get_backend_name()!r}")
+    return create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True)
+
+
+class _Statements:
+    """Every statement of the request path, built once: SQLAlchemy then reuses its cache key and
+    compiled form, which is most of the cost of a statement built anew per call."""
+
+    def __init__(self, dialect: str):
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        r, c, g = reservations.c, counters.c, ledger.c
+        tenant = bindparam("tenant")
+        self.lock = select(func.pg_advisory_xact_lock(bindparam("key"))) if dialect == "postgresql" else None
+        self.reserve = insert(reservations)
+        self.write_row = insert(ledger).on_conflict_do_nothing(index_elements=[g.request_id])
+        self.replace_expired = (update(ledger).where(g.request_id == bindparam("rid"), g.status == EXPIRED)
+                                .values({col: bindparam(col) for col in _ROW_COLUMNS}))
+        upsert = insert(counters)
+        self.count = upsert.on_conflict_do_update(
+            index_elements=[c.tenant, c.period],
+            set_={"requests": c.requests + upsert.excluded.requests, "tokens": c.tokens + upsert.excluded.tokens,
+                  "cost_usd": c.cost_usd + upsert.excluded.cost_usd})
+        self.release = delete(reservations).where(r.request_id == bindparam("rid")).returning(r.reserved_at)
+        self.expire = (delete(reservations).where(r.tenant == tenant, r.expires_at < bindparam("now"))
+                       .returning(*reservations.c))
+        day, month = bindparam("day_start", type_=UTCDateTime), bindparam("month_start", type_=UTCDateTime)
+
+        def live_sum(column, since, money=False):
+            total = func.coalesce(func.sum(case((r.reserved_at >= since, column), else_=0)), 0)
+            return type_coerce(total, Money) if money else total
+
+        self.live = select(func.count(), live_sum(r.tokens, day), live_sum(r.cost_usd, day, True),
+                           live_sum(r.tokens, month), live_sum(r.cost_usd, month, True)).where(r.tenant == tenant)
+        self.settled = select(c.period, c.tokens, c.cost_usd).where(
+            c.tenant == tenant, c.period.in_([bindparam("day"), bindparam("month")]))
+        since = bindparam("since", type_=UTCDateTime)
+        self.window = select(r.reserved_at, r.tokens).where(r.tenant == tenant, r.reserved_at > since).union_all(
+            select(g.started_at, g.prompt_tokens + g.completion_tokens)
+            .where(g.tenant == tenant, g.started_at > since, g.status != REFUSED))
+        self.renew = (update(reservations).where(r.ingress_id == bindparam("ingress"))
+                      .values(expires_at=bindparam("expires_at", type_=UTCDateTime)))
+
+
+_ROW_COLUMNS = [c.name for c in ledger.columns if c.name != "request_id"]
+
+
+class QuotaStore:
+    """Thin adapter: reads a tenant's state under its lock, lets quota.decide rule, writes."""
+
+    def __init__(self, url: str, *, reservation_ttl_s: float = 15.0):
+        self.engine = make_engine(url)
+        self.ttl = timedelta(seconds=reservation_ttl_s)
+        metadata.create_all(self.engine)
+        self._sql = _Statements(self.engine.dialect.name)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn.execution_options(read_only=True)
+
+    @contextmanager
+    def _tenant_tx(self, tenant: str) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            if self._sql.lock is not None:
+                conn.execute(self._sql.lock, {"key": zlib.crc32(tenant.encode())})
+            yield conn
+
+    # ---- admission ------------------------------------------------------------------------
+    def reserve(self, info: RequestInfo, ingress_id: str, limits: Limits, ask: Ask) -> Grant | Refusal:
+        now = info.started_at or utcnow()
+        with self._tenant_tx(info.tenant) as conn:
+            decision = decide(limits, self._state(conn, info.tenant, now, limits), ask)
+            if isinstance(decision, Grant):
+                conn.execute(self._sql.reserve, {
+                    "request_id": info.request_id, "tenant": info.tenant, "ingress_id": ingress_id,
+                    "client_request_id": info.client_request_id, "route": info.route, "model": info.model,
+                    "pool": info.pool, "prompt_tokens": ask.prompt_tokens, "tokens": decision.tokens,
+                    "cost_usd": decision.usd, "reserved_at": now, "expires_at": now + self.ttl})
+            else:
+                self._write_row(conn, info, Outcome(REFUSED, error=f"{decision.limit}: {decision.message}"[:512]), now)
+            return decision
+
+    def _state(self, conn: Connection, tenant: str, now: datetime, limits: Limits) -> TenantState:
+        """The tenant's usage at `now`, summed in SQL: only minute limits need single rows."""
+        today, month = day_key(now), month_key(now)
+        day_start = datetime.strptime(today, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        live = conn.execute(self._sql.live, {"tenant": tenant, "day_start": day_start,
+                                             "month_start": day_start.replace(day=1)}).one()
+        settled = {row.period: Spend(int(row.tokens), row.cost_usd) for row in conn.execute(
+            self._sql.settled, {"tenant": tenant, "day": today, "month": month})}
+        window: tuple = ()
+        if limits.requests_per_minute is not None or limits.tokens_per_minute is not None:
+            since = now - timedelta(seconds=WINDOW_S)
+            window = tuple((at, int(tokens)) for at, tokens in conn.execute(
+                self._sql.window, {"tenant": tenant, "since": since}))
+        return TenantState(
+            now=now, in_flight=int(live[0]), window=window,
+            day=settled.get(today, Spend()) + Spend(int(live[1]), live[2]),
+            month=settled.get(month, Spend()) + Spend(int(live[3]), live[4]),
+        )
+
+    # ---- settlement -----------------------------------------------------------------------
+    def settle(self, info: RequestInfo, outcome: Outcome, finished_at: datetime | None = None) -> bool:
+        """Replace the reservation by the real usage: ledger row + counters, one transaction.
+        Idempotent: a second settlement of the same request changes nothing (returns False)."""
+        finished_at = finished_at or utcnow()
+        with self._tenant_tx(info.tenant) as conn:
+            held = conn.execute(self._sql.release, {"rid": info.request_id}).first()
+            started = held.reserved_at if held else (info.started_at or finished_at)
+            info = replace(info, started_at=started)
+            if not self._write_row(conn, info, outcome, finished_at):
+                # Only an `expired` row (its ingress stalled past the expiry) gives way to the truth.
+                values = self._row_values(info, outcome, finished_at)
+                replaced = conn.execute(self._sql.replace_expired, {"rid": info.request_id, **{
+                    k: values[k] for k in _ROW_COLUMNS}}).rowcount
+                if not replaced:
+                    return False
+            tokens = outcome.prompt_tokens + outcome.completion_tokens
+            conn.execute(self._sql.count, [
+                {"tenant": info.tenant, "period": period, "requests": 1, "tokens": tokens, "cost_usd": outcome.cost_usd}
+                for period in (day_key(started), month_key(started))])
+            return True
+
+    @staticmethod
+    def _row_values(info: RequestInfo, outcome: Outcome, finished_at: datetime) -> dict:
+        return {**vars(info), **vars(outcome), "finished_at": finished_at,
+                "started_at": info.started_at or finished_at}
+
+    def _write_row(self, conn: Connection, info: RequestInfo, outcome: Outcome, finished_at: datetime) -> bool:
+        return conn.execute(self._sql.write_row, self._row_values(info, outcome, finished_at)).rowcount == 1
+
+    # ---- expiry ---------------------------------------------------------------------------
+    def renew(self, ingress_id: str, now: datetime | None = None) -> int:
+        """Push back the expiry of every reservation this ingress holds (it is alive)."""
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            return conn.execute(self._sql.renew, {"ingress": ingress_id, "expires_at": now + self.ttl}).rowcount
+
+    def expire(self, now: datetime | None = None) -> int:
+        """Drop reservations whose ingress stopped renewing them; each leaves an `expired` row."""
+        now = now or utcnow()
+        with self._read() as conn:
+            tenants = {t for (t,) in conn.execute(
+                select(reservations.c.tenant).where(reservations.c.expires_at < now).distinct())}
+        dropped = 0
+        for tenant in tenants:
+            with self._tenant_tx(tenant) as conn:
+                dropped += self._expire(conn, now, tenant)
+        return dropped
+
+    def _expire(self, conn: Connection, now: datetime, tenant: str) -> int:
+        stale = conn.execute(self._sql.expire, {"tenant": tenant, "now": now}).all()
+        for r in stale:
+            info = RequestInfo(r.request_id, r.tenant, r.client_request_id, r.route, r.model, r.pool, r.reserved_at)
+            self._write_row(conn, info, Outcome(EXPIRED, error="its ingress stopped renewing the reservation"), now)
+        return len(stale)
+
+    # ---- reading --------------------------------------------------------------------------
+    def in_flight(self, tenant: str | None = None) -> int:
+        stmt = select(func.count()).select_from(reservations)
+        if tenant is not None:
+            stmt = stmt.where(reservations.c.tenant == tenant)
+        with self._read() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def spent(self, tenant: str, period: str) -> Spend:
+        with self._read() as conn:
+            row = conn.execute(select(counters.c.tokens, counters.c.cost_usd)
+                               .where(counters.c.tenant == tenant, counters.c.period == period)).first()
+        return Spend(int(row.tokens), row.cost_usd) if row else Spend()
+
+    def _filters(self, tenant: str | None, start: datetime | None, end: datetime | None, pool: str | None) -> list:
+        where = []
+        if tenant is not None:
+            where.append(ledger.c.tenant == tenant)
+        if start is not None:
+            where.append(ledger.c.started_at >= start)
+        if end is not None:
+            where.append(ledger.c.started_at < end)
+        if pool is not None:
+            where.append(ledger.c.pool == pool)
+        return where
+
+    def totals(self, tenant: str | None = None, start: datetime | None = None, end: datetime | None = None,
+               pool: str | None = None) -> list[dict]:
+        """Per tenant and status: requests, tokens and cost."""
+        stmt = (select(ledger.c.tenant, ledger.c.status, func.count().label("requests"),
+                       func.coalesce(func.sum(ledger.c.prompt_tokens), 0).label("prompt_tokens"),
+                       func.coalesce(func.sum(ledger.c.completion_tokens), 0).label("completion_tokens"),
+                       func.coalesce(func.sum(ledger.c.reasoning_tokens), 0).label("reasoning_tokens"),
+                       type_coerce(func.coalesce(func.sum(ledger.c.cost_usd), 0), Money).label("cost_usd"))
+                .where(*self._filters(tenant, start, end, pool))
+                .group_by(ledger.c.tenant, ledger.c.status).order_by(ledger.c.tenant, ledger.c.status))
+        with self._read() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+    def rows(self, tenant: str | None = None, start: datetime | None = None, end: datetime | None = None,
+             pool: str | None = None, limit: int = 100) -> list[dict]:
+        stmt = (select(ledger).where(*self._filters(tenant, start, end, pool))
+                .order_by(ledger.c.started_at.desc(), ledger.c.request_id).limit(limit))
+        with self._read() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.execute(text("SELECT 1"))
