@@ -6,7 +6,7 @@ BASE_STAMP := $(VENV)/.installed-base
 FULL_STAMP := $(VENV)/.installed-full
 TINY_MODEL := .run/tiny-magistral
 
-.PHONY: install install-full run run-vllm-cpu tiny-model test unit clean
+.PHONY: install install-full postgres-server run run-vllm-cpu tiny-model test unit clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,39 @@ install: $(BASE_STAMP)
 
 install-full: $(FULL_STAMP)
 
+# PostgreSQL server binaries for the ledger tests, which start a throwaway server of their own
+# (tests/postgres.py). Nothing to do when a server is installed. Debian's postinst would create a
+# `main` cluster and start it: postgresql-common goes in first so that create_main_cluster = false
+# is set before the server package is configured, and a policy-rc.d (unless one exists) keeps
+# services from starting during the install. Fails if a postgres process runs afterwards.
+PG_INITDB_GLOB := /usr/lib/postgresql/*/bin/initdb
+postgres-server:
+	@if ls $(PG_INITDB_GLOB) >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "PostgreSQL server binaries are missing ($(PG_INITDB_GLOB)); the ledger tests need them." >&2; \
+		echo "Install the Debian package as root: sudo make postgres-server" >&2; \
+		echo "  (or: sudo apt-get install --no-install-recommends postgresql)" >&2; \
+		exit 1; \
+	fi; \
+	set -e; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
+	fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	echo "installing the PostgreSQL server (Debian package postgresql), without a running cluster"; \
+	apt-get update; \
+	apt-get install -y --no-install-recommends postgresql-common; \
+	conf=/etc/postgresql-common/createcluster.conf; \
+	sed -i -E 's/^[#[:space:]]*create_main_cluster[[:space:]]*=.*/create_main_cluster = false/' $$conf; \
+	grep -qx 'create_main_cluster = false' $$conf || echo 'create_main_cluster = false' >> $$conf; \
+	apt-get install -y --no-install-recommends postgresql; \
+	ls $(PG_INITDB_GLOB); \
+	if grep -lx postgres /proc/[0-9]*/comm 2>/dev/null; then \
+		echo "error: a postgres server is running after the install; stop it (pg_lsclusters, pg_ctlcluster)" >&2; \
+		exit 1; \
+	fi
+
 run: install
 	$(PY) -m cluster.local run configs/local.yaml
 
@@ -40,7 +73,7 @@ tiny-model: install-full
 run-vllm-cpu: tiny-model
 	$(PY) -m cluster.local run configs/cpu-vllm.yaml --num-cpus 4 --health-timeout 600
 
-test: install-full
+test: install-full postgres-server
 	$(PY) -m pytest -ra
 
 unit: install

@@ -286,7 +286,7 @@ class RouterIngress:
         if not body.stream:
             return await self._whole(events, release, meter, writer, headers)
         return _ReleasingStream(
-            self._sse(job, events, writer, body.include_usage, meter),
+            self._sse(job, events, writer, body, meter),
             release=lambda: (release(), self._gate.settle_soon(meter, CANCELLED)),
             media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"},
         )
@@ -315,8 +315,7 @@ class RouterIngress:
         cost = await self._gate.settle(meter)
         return JSONResponse(writer.full(collected, cost), headers={**headers, **cost_header(cost)})
 
-    async def _sse(self, job: GenerateRequest, events, writer: ResponseWriter, include_usage: bool,
-                   meter: Meter) -> AsyncIterator[bytes]:
+    async def _sse(self, job: GenerateRequest, events, writer: ResponseWriter, body, meter: Meter) -> AsyncIterator[bytes]:
         """The SSE body; _ReleasingStream releases the request however the stream ends. A delta is
         counted once the client has taken it (the generator resumes after the send)."""
         try:
@@ -330,10 +329,11 @@ class RouterIngress:
                     meter.observe(event)
                     cost = await self._gate.settle(meter)
                     yield sse(writer.chunk(event))
-                    if include_usage:
+                    if body.include_usage:
                         yield sse(writer.usage_chunk(event, cost))
                     continue
-                yield sse(writer.chunk(event))
+                # With continuous usage stats the chunk states what the client is billed once it has it.
+                yield sse(writer.chunk(event, usage=meter.usage_with(event) if body.continuous_usage else None))
                 meter.observe(event)
             yield sse("[DONE]")
         except Exception:  # headers are sent: report in-band, as OpenAI does, and end the stream

@@ -91,8 +91,9 @@ class ResponseWriter:
         body["usage"] = usage_body(end, cost_usd) if end else None
         return body
 
-    def chunk(self, event: dict | None, *, first: bool = False) -> dict:
-        """An SSE chunk for a delta event, the opening role chunk (first) or the finish (END)."""
+    def chunk(self, event: dict | None, *, first: bool = False, usage: dict | None = None) -> dict:
+        """An SSE chunk for a delta event, the opening role chunk (first) or the finish (END);
+        `usage` rides along when the client asked for continuous usage stats."""
         finish = event["finish_reason"] if event and event["event"] == END else None
         if self.kind == "chat":
             delta: dict = {}
@@ -109,7 +110,10 @@ class ResponseWriter:
         else:
             text = (event["reasoning"] + event["content"]) if event and event["event"] == DELTA else ""
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return self._envelope(self.chunk_object, [choice])
+        body = self._envelope(self.chunk_object, [choice])
+        if usage is not None:
+            body["usage"] = usage
+        return body
 
     def usage_chunk(self, end: dict, cost_usd: Decimal | None = None) -> dict:
         body = self._envelope(self.chunk_object, [])

@@ -56,12 +56,16 @@ def _alive(pid: int) -> bool:
 @pytest.fixture(scope="session")
 def local_cluster(tmp_path_factory):
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("cluster") / "launcher.log"
+    workdir = tmp_path_factory.mktemp("cluster")
+    log_path = workdir / "launcher.log"
+    # A ledger of this test session's own: a budget spent by an earlier run must not refuse ours.
+    ledger_url = f"sqlite:///{workdir / 'ledger.db'}"
     log = open(log_path, "w")
     proc = subprocess.Popen(
         # 4 logical CPUs: a vLLM CPU replica (tests/integration) reserves 2.
         [sys.executable, "-m", "cluster.local", "run", "configs/local.yaml", "--port", str(port), "--num-cpus", "4"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, "LEDGER_URL": ledger_url},
     )
     ready: dict = {}
     got_ready = threading.Event()
@@ -82,6 +86,8 @@ def local_cluster(tmp_path_factory):
         proc.kill()
         pytest.fail(f"local cluster did not start; log: {log_path}\n{log_path.read_text()[-4000:]}")
     ready["port"] = port
+    ready["ledger_url"] = ledger_url
+    ready["workdir"] = workdir
     ready["root_url"] = f"http://127.0.0.1:{port}"
     try:
         yield ready
@@ -127,13 +133,21 @@ def auth() -> dict:
 def deploy_app(local_cluster: dict, name: str, args: dict, timeout_s: float = 180) -> str:
     """Deploy router.app:build_app(args) as an extra application at /<name>; wait for /health.
 
-    Needs the `ray_driver` fixture. Returns the application's root URL.
+    Needs the `ray_driver` fixture. Returns the application's root URL. Unless `args` say
+    otherwise, the application shares the session's ledger and prices its pools at the local
+    short pool's prices.
     """
     from ray import serve
 
     from cluster.local import wait_for_health
     from router.app import build_app
 
+    args = {"ledger_url": local_cluster["ledger_url"], **args}
+    if "prices_file" not in args:
+        prices = Path(local_cluster["workdir"]) / f"prices-{name}.yaml"
+        pools = {p["name"]: {"input": 0.5, "output": 1.5} for p in args["pools"]}
+        prices.write_text(json.dumps({"default_tier": "standard", "tiers": {"standard": pools}}))
+        args["prices_file"] = str(prices)
     started = time.monotonic()
     serve.run(build_app(args), name=name, route_prefix=f"/{name}", blocking=False)
     url = f"{local_cluster['root_url']}/{name}"

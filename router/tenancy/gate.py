@@ -63,6 +63,15 @@ class Meter:
             if kind == END:
                 self.prompt_tokens = event["prompt_tokens"]
 
+    def usage_with(self, event: dict) -> dict:
+        """The usage billed once `event` (a delta) has been delivered too."""
+        completion = event.get("completion_tokens")
+        completion = self.completion_tokens if completion is None else completion
+        reasoning = event.get("reasoning_tokens") if event.get("completion_tokens") is not None else self.reasoning_tokens
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion,
+                "completion_tokens_details": {"reasoning_tokens": reasoning or 0}}
+
     def outcome(self, status: str, error: str | None = None, *, generated: bool = True) -> Outcome:
         """generated=False: the request never reached an engine that took it; nothing to bill."""
         prompt, completion, reasoning = (self.prompt_tokens, self.completion_tokens, self.reasoning_tokens) \
