@@ -67,6 +67,10 @@ def build_app(args: dict[str, Any]) -> Application:
             tokenizer_path=config.tokenizer_path,
         )
     # Read here so a bad tenants or prices file fails the deploy, not a replica later.
-    TenantDirectory.from_file(config.tenants_file)
-    PriceTable.from_dict(read_yaml(config.prices_file)).check_covers([p.name for p in config.enabled_pools])
+    tenants = TenantDirectory.from_file(config.tenants_file)
+    prices = PriceTable.from_dict(read_yaml(config.prices_file))
+    prices.check_covers([p.name for p in config.enabled_pools])
+    unknown = {t.name: t.tier for t in tenants.tenants.values() if t.tier is not None and t.tier not in prices.tiers}
+    if unknown:
+        raise ValueError(f"tenants with a price tier the prices file does not have: {unknown}")
     return RouterIngress.options(name="router", num_replicas=config.router_replicas).bind(config.model_dump(mode="json"), pools)

@@ -50,6 +50,11 @@ class TenantSpec(BaseModel):
     allowed_pools: list[str] | None = None  # None: every pool
     limits: TenantLimits = Field(default_factory=TenantLimits)
 
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _no_limits(cls, v):
+        return {} if v is None else v  # `limits:` with every line commented out
+
     @field_validator("api_key_sha256")
     @classmethod
     def _hex_digests(cls, v: list[str]) -> list[str]:
@@ -63,6 +68,11 @@ class TenantSpec(BaseModel):
 class TenantsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tenants: dict[str, TenantSpec] = Field(default_factory=dict)
+
+    @field_validator("tenants", mode="before")
+    @classmethod
+    def _no_tenants(cls, v):
+        return {} if v is None else v
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,7 @@ class TenantDirectory:
                             None if spec.allowed_pools is None else frozenset(spec.allowed_pools),
                             spec.limits.as_limits())
             self.tenants[name] = tenant
-            for digest in [key_digest(k) for k in spec.api_keys] + spec.api_key_sha256:
+            for digest in {key_digest(k) for k in spec.api_keys} | set(spec.api_key_sha256):
                 if digest in self._by_digest:
                     raise ValueError(f"an API key is given to two tenants: {self._by_digest[digest].name}, {name}")
                 self._by_digest[digest] = tenant
@@ -143,7 +153,8 @@ class ReloadingFile(Generic[T]):
         if now - self._checked >= self._interval:
             self._checked = now
             signature = self._stat()
-            if signature is not None and signature != self._signature:
+            # An empty file is one being rewritten in place: keep the version in force until it is whole.
+            if signature is not None and signature != self._signature and signature[1] > 0:
                 self._signature = signature
                 try:
                     self._value = self._parse(read_yaml(self.path))

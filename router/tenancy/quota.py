@@ -164,14 +164,18 @@ def decide(limits: Limits, state: TenantState, ask: Ask) -> Grant | Refusal:
     tokens_used = sum(t for _, t in recent)
 
     def headers(extra_requests: int, extra_tokens: int) -> RateHeaders:
+        """Remaining after this decision. reset-requests: seconds until a request slot frees (the
+        oldest admission leaves the window); reset-tokens: until the window is empty again. Both
+        count a request just admitted (it leaves in WINDOW_S)."""
         rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+        leaving = [left for left, _ in recent] + ([WINDOW_S] if extra_requests else [])
         return RateHeaders(
             limit_requests=rpm,
             remaining_requests=None if rpm is None else rpm - requests_used - extra_requests,
-            reset_requests_s=None if rpm is None else (recent[0][0] if recent else 0.0),
+            reset_requests_s=None if rpm is None else min(leaving, default=0.0),
             limit_tokens=tpm,
             remaining_tokens=None if tpm is None else tpm - tokens_used - extra_tokens,
-            reset_tokens_s=None if tpm is None else (recent[-1][0] if recent else 0.0),
+            reset_tokens_s=None if tpm is None else max(leaving, default=0.0),
         )
 
     def refuse(code: str, limit: str, message: str, retry_s: float | None) -> Refusal:
@@ -182,6 +186,9 @@ def decide(limits: Limits, state: TenantState, ask: Ask) -> Grant | Refusal:
                       f"Too many concurrent requests: limit {limits.max_concurrent_requests}, "
                       f"in flight {state.in_flight}. Retry when one finishes.", 1)
     if limits.requests_per_minute is not None and requests_used >= limits.requests_per_minute:
+        if limits.requests_per_minute == 0:
+            return refuse(RATE_LIMITED, "requests_per_minute",
+                          "This key may not make requests (requests_per_minute is 0).", None)
         wait = recent[requests_used - limits.requests_per_minute][0]
         return refuse(RATE_LIMITED, "requests_per_minute",
                       f"Rate limit reached for requests per minute: limit {limits.requests_per_minute}, "
@@ -205,16 +212,23 @@ def decide(limits: Limits, state: TenantState, ask: Ask) -> Grant | Refusal:
             else:
                 room.append((math.floor(left / ask.completion_usd_per_token), name))
 
-    allowed, binding = min(room) if room else (ask.max_tokens, "")
+    allowed = min((r for r, _ in room), default=ask.max_tokens)
     max_tokens, clamped_from = ask.max_tokens, None
     if allowed < ask.max_tokens:
         if ask.clampable and allowed >= 1:
             max_tokens, clamped_from = allowed, ask.max_tokens
         else:
+            # Name the failing limit that frees up last, so a retry when told meets no other.
+            need = 1 if ask.clampable else ask.max_tokens
+            failing = {name for r, name in room if r < need}
+            binding = next(name for name in _LONGEST_FIRST if name in failing)
             return _refuse_for(binding, limits, state, ask, recent, tokens_used, refuse)
     tokens = prompt + max_tokens
     usd = prompt * ask.input_usd_per_token + max_tokens * ask.completion_usd_per_token
     return Grant(max_tokens, tokens, usd, clamped_from, headers(1, tokens))
+
+
+_LONGEST_FIRST = ("usd_per_month", "tokens_per_month", "usd_per_day", "tokens_per_day", "tokens_per_minute")
 
 
 def _refuse_for(binding: str, limits: Limits, state: TenantState, ask: Ask,
