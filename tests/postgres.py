@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 PG_ROOT = Path("/usr/lib/postgresql")
@@ -112,8 +113,7 @@ class _Server:
                  "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
 
     def start(self) -> None:
-        last: Exception | None = None
-        for _ in range(3):  # the free port may be taken between the probe and the server's bind
+        for attempt in range(3):  # the free port may be taken between the probe and the server's bind
             self.port = _free_port()
             options = {**SETTINGS, "port": str(self.port), "unix_socket_directories": f"'{self.sockdir}'"}
             # postgresql.auto.conf is read last: these settings win over the generated ones.
@@ -122,12 +122,12 @@ class _Server:
             try:
                 self.run(str(self.bindir / "pg_ctl"), "start", "-D", str(self.datadir), "-l", str(self.log),
                          "-w", "-t", str(START_TIMEOUT_S), timeout=START_TIMEOUT_S + 10)
-            except RuntimeError as exc:
-                last = exc
-                continue
+            except RuntimeError:
+                if attempt < 2 and "could not bind" in self._log_tail():
+                    continue
+                raise
             self.pid = _postmaster_pid(self.datadir)
             return
-        raise last  # type: ignore[misc]
 
     def stop(self) -> None:
         pid = _postmaster_pid(self.datadir) or self.pid
@@ -159,8 +159,6 @@ def postgres_url():
     try:
         server.init()
         server.start()
-        import psycopg
-
         with psycopg.connect(host="127.0.0.1", port=server.port, user="postgres", dbname="postgres",
                              autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{DATABASE}"')

@@ -61,6 +61,25 @@ class TenantState:
     window: tuple[tuple[datetime, int], ...]  # (admitted at, tokens) of admissions in the last minute
     day: Spend
     month: Spend
+    # Instead of `window`, its sums (a store reads these cheaply): enough for every grant and
+    # header; a minute-limit refusal then falls back to a conservative Retry-After, so a store
+    # that wants the exact one decides again with the single entries (see `needs_window`).
+    window_summary: "WindowSummary | None" = None
+
+
+@dataclass(frozen=True)
+class WindowSummary:
+    requests: int
+    tokens: int
+    oldest: datetime | None
+    newest: datetime | None
+
+
+def needs_window(decision: "Grant | Refusal", state: TenantState) -> bool:
+    """True when a decision made from a window summary is a minute-limit refusal, whose exact
+    Retry-After needs the single admissions."""
+    return (state.window_summary is not None and isinstance(decision, Refusal)
+            and decision.limit in ("requests_per_minute", "tokens_per_minute"))
 
 
 @dataclass(frozen=True)
@@ -134,7 +153,15 @@ def _seconds_to_next_month(t: datetime) -> float:
 
 
 def _recent(state: TenantState) -> list[tuple[float, int]]:
-    """(seconds until the entry leaves the window, tokens), soonest first."""
+    """(seconds until the entry leaves the window, tokens), soonest first. From a summary: the
+    oldest entry, then the newest carrying the rest (the count is kept apart, in _usage)."""
+    summary = state.window_summary
+    if summary is not None:
+        if not summary.requests:
+            return []
+        oldest = WINDOW_S - (state.now - summary.oldest).total_seconds()
+        newest = WINDOW_S - (state.now - summary.newest).total_seconds()
+        return [(oldest, 0), (newest, summary.tokens)]
     out = []
     for at, tokens in state.window:
         left = WINDOW_S - (state.now - at).total_seconds()
@@ -160,7 +187,8 @@ def _retry(seconds: float | None, fallback: float = WINDOW_S) -> int:
 
 def decide(limits: Limits, state: TenantState, ask: Ask) -> Grant | Refusal:
     recent = _recent(state)
-    requests_used = len(recent)
+    summary = state.window_summary
+    requests_used = summary.requests if summary is not None else len(recent)
     tokens_used = sum(t for _, t in recent)
 
     def headers(extra_requests: int, extra_tokens: int) -> RateHeaders:
@@ -189,7 +217,9 @@ def decide(limits: Limits, state: TenantState, ask: Ask) -> Grant | Refusal:
         if limits.requests_per_minute == 0:
             return refuse(RATE_LIMITED, "requests_per_minute",
                           "This key may not make requests (requests_per_minute is 0).", None)
-        wait = recent[requests_used - limits.requests_per_minute][0]
+        # The oldest admissions leave first; a summary knows only the oldest and the newest.
+        index = requests_used - limits.requests_per_minute
+        wait = recent[index][0] if summary is None else (recent[0][0] if index == 0 else recent[-1][0])
         return refuse(RATE_LIMITED, "requests_per_minute",
                       f"Rate limit reached for requests per minute: limit {limits.requests_per_minute}, "
                       f"used {requests_used}. Retry in {_retry(wait)} s.", wait)

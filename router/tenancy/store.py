@@ -29,9 +29,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from router.tenancy.pricing import from_pico, to_pico
-from router.tenancy.quota import Ask, Grant, Limits, Refusal, Spend, TenantState, WINDOW_S, day_key, decide, month_key
+from router.tenancy.quota import (WINDOW_S, Ask, Grant, Limits, Refusal, Spend, TenantState, WindowSummary, day_key,
+                                  decide, month_key, needs_window)
 
 COMPLETED, CANCELLED, FAILED, REFUSED, EXPIRED = "completed", "cancelled", "failed", "refused", "expired"
+CLIENT_ID_CHARS = 256
 
 
 class Money(TypeDecorator):
@@ -70,7 +72,7 @@ metadata = MetaData()
 ledger = Table(
     "usage_ledger", metadata,
     Column("request_id", String(64), primary_key=True),  # unique per request, made by the router
-    Column("client_request_id", String(256)),  # the x-request-id the client saw
+    Column("client_request_id", String(CLIENT_ID_CHARS)),  # the x-request-id the client saw
     Column("tenant", String(128), nullable=False),
     Column("route", String(32)),
     Column("model", String(128)),
@@ -96,7 +98,7 @@ reservations = Table(
     Column("request_id", String(64), primary_key=True),
     Column("tenant", String(128), nullable=False),
     Column("ingress_id", String(64), nullable=False),
-    Column("client_request_id", String(256)),
+    Column("client_request_id", String(CLIENT_ID_CHARS)),
     Column("route", String(32)),
     Column("model", String(128)),
     Column("pool", String(64)),
@@ -134,6 +136,11 @@ class RequestInfo:
     model: str | None = None
     pool: str | None = None
     started_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        # The client's x-request-id may be of any length; the column keeps the first 256 characters.
+        if self.client_request_id is not None and len(self.client_request_id) > CLIENT_ID_CHARS:
+            self.client_request_id = self.client_request_id[:CLIENT_ID_CHARS]
 
 
 @dataclass
@@ -195,7 +202,9 @@ class _Statements:
         tenant = bindparam("tenant")
         self.lock = select(func.pg_advisory_xact_lock(bindparam("key"))) if dialect == "postgresql" else None
         self.reserve = insert(reservations)
-        self.write_row = insert(ledger).on_conflict_do_nothing(index_elements=[g.request_id])
+        # rowcount of an INSERT tells whether the row was new: SQLAlchemy keeps it only when asked.
+        self.write_row = (insert(ledger).on_conflict_do_nothing(index_elements=[g.request_id])
+                          .execution_options(preserve_rowcount=True))
         self.replace_expired = (update(ledger).where(g.request_id == bindparam("rid"), g.status == EXPIRED)
                                 .values({col: bindparam(col) for col in _ROW_COLUMNS}))
         upsert = insert(counters)
@@ -217,9 +226,14 @@ class _Statements:
         self.settled = select(c.period, c.tokens, c.cost_usd).where(
             c.tenant == tenant, c.period.in_([bindparam("day"), bindparam("month")]))
         since = bindparam("since", type_=UTCDateTime)
-        self.window = select(r.reserved_at, r.tokens).where(r.tenant == tenant, r.reserved_at > since).union_all(
+        self.window = select(r.reserved_at.label("at"), r.tokens.label("tokens")).where(
+            r.tenant == tenant, r.reserved_at > since).union_all(
             select(g.started_at, g.prompt_tokens + g.completion_tokens)
             .where(g.tenant == tenant, g.started_at > since, g.status != REFUSED))
+        entries = self.window.subquery()
+        self.window_summary = select(func.count(), func.coalesce(func.sum(entries.c.tokens), 0),
+                                     type_coerce(func.min(entries.c.at), UTCDateTime),
+                                     type_coerce(func.max(entries.c.at), UTCDateTime))
         self.renew = (update(reservations).where(r.ingress_id == bindparam("ingress"))
                       .values(expires_at=bindparam("expires_at", type_=UTCDateTime)))
 
@@ -255,7 +269,10 @@ class QuotaStore:
     def reserve(self, info: RequestInfo, ingress_id: str, limits: Limits, ask: Ask) -> Grant | Refusal:
         now = info.started_at or utcnow()
         with self._tenant_tx(info.tenant) as conn:
-            decision = decide(limits, self._state(conn, info.tenant, now, limits), ask)
+            state = self._state(conn, info.tenant, now, limits)
+            decision = decide(limits, state, ask)
+            if needs_window(decision, state):  # an exact Retry-After needs the single admissions
+                decision = decide(limits, replace(state, window_summary=None, window=self._window(conn, info.tenant, now)), ask)
             if isinstance(decision, Grant):
                 conn.execute(self._sql.reserve, {
                     "request_id": info.request_id, "tenant": info.tenant, "ingress_id": ingress_id,
@@ -274,16 +291,22 @@ class QuotaStore:
                                              "month_start": day_start.replace(day=1)}).one()
         settled = {row.period: Spend(int(row.tokens), row.cost_usd) for row in conn.execute(
             self._sql.settled, {"tenant": tenant, "day": today, "month": month})}
-        window: tuple = ()
+        summary = None
         if limits.requests_per_minute is not None or limits.tokens_per_minute is not None:
-            since = now - timedelta(seconds=WINDOW_S)
-            window = tuple((at, int(tokens)) for at, tokens in conn.execute(
-                self._sql.window, {"tenant": tenant, "since": since}))
+            count, tokens, oldest, newest = conn.execute(self._sql.window_summary, self._since(tenant, now)).one()
+            summary = WindowSummary(int(count), int(tokens), oldest, newest)
         return TenantState(
-            now=now, in_flight=int(live[0]), window=window,
+            now=now, in_flight=int(live[0]), window=(), window_summary=summary,
             day=settled.get(today, Spend()) + Spend(int(live[1]), live[2]),
             month=settled.get(month, Spend()) + Spend(int(live[3]), live[4]),
         )
+
+    @staticmethod
+    def _since(tenant: str, now: datetime) -> dict:
+        return {"tenant": tenant, "since": now - timedelta(seconds=WINDOW_S)}
+
+    def _window(self, conn: Connection, tenant: str, now: datetime) -> tuple:
+        return tuple((at, int(tokens)) for at, tokens in conn.execute(self._sql.window, self._since(tenant, now)))
 
     # ---- settlement -----------------------------------------------------------------------
     def settle(self, info: RequestInfo, outcome: Outcome, finished_at: datetime | None = None) -> bool:
