@@ -51,6 +51,10 @@ def llm_config_kwargs(pool: PoolConfig, config: AppConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "model_loading_config": {"model_id": config.model_id, "model_source": _model_source(engine)},
         "engine_kwargs": engine_kwargs(pool),
+        # LLMServer batches stream output every 50 ms by default. Our replica re-streams every
+        # event to the router anyway, so batching only adds inter-token latency, and it would
+        # make a cancelled stream's bill coarser than one token.
+        "experimental_configs": {"stream_batching_interval_ms": 0},
     }
     if engine.env_vars:
         kwargs["runtime_env"] = {"env_vars": dict(engine.env_vars)}

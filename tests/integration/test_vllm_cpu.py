@@ -7,6 +7,7 @@ path (counts, caps, streaming, abort, tool calls), not the words.
 
 import json
 import time
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -177,3 +178,51 @@ def test_json_schema_response_format_is_enforced(client):
     assert compact and any(doc.startswith(compact) for doc in allowed), choice["message"]["content"]
     if choice["finish_reason"] == "stop":
         assert compact in allowed
+
+
+def usage_rows(client, request_id: str) -> list[dict]:
+    """The ledger rows of one x-request-id (the demo key is an admin: ?tenant=demo)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = [r for r in client.get("/v1/usage", params={"tenant": "demo", "limit": 1000}).json()["data"]
+                if r["client_request_id"] == request_id]
+        if rows:
+            return rows
+        time.sleep(0.2)
+    return []
+
+
+def test_engine_usage_is_priced_and_in_the_ledger(client):
+    resp = client.post("/v1/chat/completions", headers={"x-request-id": "vllm-priced-1"}, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "Say something."}], "max_tokens": 7})
+    assert resp.status_code == 200, resp.text
+    usage = json.loads(resp.text, parse_float=Decimal)["usage"]
+    assert Decimal(resp.headers["x-cost-usd"]) == usage["cost_usd"] > 0
+    (row,) = usage_rows(client, "vllm-priced-1")
+    assert (row["status"], row["pool"], row["replica"]) == ("completed", "cpu", resp.headers["x-replica"])
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert Decimal(str(row["cost_usd"])) == usage["cost_usd"]
+
+
+def test_cancelled_stream_is_billed_what_the_engine_delivered(client, vllm_app):
+    """Hang up once the stream says N completion tokens were delivered: the ledger bills N plus
+    the prompt, and the engine stops within a second."""
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}],
+               "max_tokens": 4000, "stream": True,
+               "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    seen = None
+    with client.stream("POST", "/v1/chat/completions", json=payload, headers={"x-request-id": "vllm-cancel-1"}) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith("data: {") and json.loads(line[6:]).get("usage"):
+                seen = json.loads(line[6:])["usage"]
+                if seen["completion_tokens"] >= 8:
+                    break
+    hung_up = time.monotonic()
+    while time.monotonic() - hung_up < 5 and stats(vllm_app)["engine_unfinished"]:
+        time.sleep(0.05)
+    stopped_after = time.monotonic() - hung_up
+    (row,) = usage_rows(client, "vllm-cancel-1")
+    assert row["status"] == "cancelled"
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (seen["prompt_tokens"], seen["completion_tokens"])
+    assert stopped_after < 1.0, f"the engine still held the request {stopped_after:.2f} s after the hang-up"
