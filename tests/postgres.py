@@ -28,7 +28,9 @@ STOP_TIMEOUT_S = 30
 SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "fsync": "off",
-    "synchronous_commit": "off",
+    # A commit is acknowledged once its WAL is handed to the kernel (fsync stays off): a server
+    # killed mid-test (tests/cluster/test_tenancy_failures.py) keeps every acknowledged commit.
+    "synchronous_commit": "on",
     "full_page_writes": "off",
     "max_connections": "200",  # the concurrency tests hold up to 2 stores x 16 pooled connections
     "shared_buffers": "32MB",
@@ -112,9 +114,10 @@ class _Server:
         self.run(str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres", "-A", "trust",
                  "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
 
-    def start(self) -> None:
+    def start(self, port: int | None = None) -> None:
+        """Start on `port` (a restart keeps its clients' URL), or on a free one."""
         for attempt in range(3):  # the free port may be taken between the probe and the server's bind
-            self.port = _free_port()
+            self.port = port or _free_port()
             options = {**SETTINGS, "port": str(self.port), "unix_socket_directories": f"'{self.sockdir}'"}
             # postgresql.auto.conf is read last: these settings win over the generated ones.
             (self.datadir / "postgresql.auto.conf").write_text(
@@ -146,8 +149,8 @@ class _Server:
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
-    """postgresql://postgres@127.0.0.1:PORT/ledger_test on a PostgreSQL server of this session's own."""
+def postgres_server():
+    """The session's PostgreSQL server (stop() is a crash: immediate mode; start(port) again)."""
     bindir = postgres_bindir()
     if bindir is None:
         message = (f"PostgreSQL server binaries not found ({PG_ROOT}/*/bin/initdb): "
@@ -159,12 +162,22 @@ def postgres_url():
     try:
         server.init()
         server.start()
-        with psycopg.connect(host="127.0.0.1", port=server.port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
-        yield f"postgresql://postgres@127.0.0.1:{server.port}/{DATABASE}"
+        yield server
     finally:
         try:
             server.stop()
         finally:
             server.remove()
+
+
+def create_database(server: _Server, name: str) -> str:
+    with psycopg.connect(host="127.0.0.1", port=server.port, user="postgres", dbname="postgres",
+                         autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql://postgres@127.0.0.1:{server.port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server) -> str:
+    """postgresql://postgres@127.0.0.1:PORT/ledger_test on a PostgreSQL server of this session's own."""
+    return create_database(postgres_server, DATABASE)
