@@ -8,7 +8,8 @@ and times the same one-token chat request four ways, sequentially:
   serve-http    HTTP -> Serve proxy -> a bare FastAPI ingress that forwards to the pool: what
                 any Serve HTTP front end costs, with none of the router's work
   router        HTTP -> Serve proxy -> the router (auth, byte bound, template check, cap, pool
-                choice, TokenLoadRouter, OpenAI body) -> pool
+                choice, quota reservation and settlement in the ledger, TokenLoadRouter,
+                OpenAI body) -> pool
   router+count  the same with a ~2 000-token prompt, which the router must count exactly
 Prints p50 / p95 in ms; the router's own cost is `router - serve-http`.
 """
@@ -17,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
+import tempfile
 import time
 
 import httpx
 
 ARGS = {
-    "tenants_file": "configs/tenants.yaml",
+    "tenants_file": "configs/tenants.yaml",  # demo: a requests-per-minute limit, so quotas run
     "pools": [{"name": "fast", "max_model_len": 40_960, "max_prompt_tokens": 40_000,
                "engine": {"kind": "stub", "prefill_tokens_per_s": 1e12, "decode_ms_per_token": 0}}],
 }
@@ -95,10 +98,15 @@ def main() -> None:
     from cluster.local import wait_for_health
     from router.app import build_app
 
+    folder = tempfile.mkdtemp(prefix="router-overhead-")
+    prices = os.path.join(folder, "prices.yaml")
+    with open(prices, "w") as f:
+        f.write('{"tiers": {"standard": {"fast": {"input": 0.5, "output": 1.5}}}}')
+    args = {**ARGS, "prices_file": prices, "ledger_url": f"sqlite:///{folder}/ledger.db"}
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-        serve.run(build_app(ARGS), name="bench", route_prefix="/", blocking=False)
+        serve.run(build_app(args), name="bench", route_prefix="/", blocking=False)
         wait_for_health(f"http://127.0.0.1:{PORT}/health", 180)
         handle = serve.get_deployment_handle("pool-fast", app_name="bench")
         serve.run(bare_ingress(handle), name="bare", route_prefix="/bare", blocking=False)

@@ -96,7 +96,7 @@ def run(config_path: str, port: int | None, num_cpus: int | None, health_timeout
         info = {"base_url": f"{base}/v1", "health": f"{base}/health", "api_key": DEMO_KEY,
                 "ray_address": ray.get_runtime_context().gcs_address}
         print(f"\nServing Magistral router at {info['base_url']}\n"
-              f"  demo API key: {DEMO_KEY}\n"
+              f"  demo API key: {DEMO_KEY}  (limits you can hit: sk-local-limited, 5 requests/min, 2 000 tokens/day)\n"
               f"  try: curl {base}/v1/models -H 'Authorization: Bearer {DEMO_KEY}'\n"
               "  Ctrl-C stops Serve and the local Ray head.\n", flush=True)
         print("READY " + json.dumps(info), flush=True)

@@ -215,25 +215,35 @@ class _Statements:
         self.release = delete(reservations).where(r.request_id == bindparam("rid")).returning(r.reserved_at)
         self.expire = (delete(reservations).where(r.tenant == tenant, r.expires_at < bindparam("now"))
                        .returning(*reservations.c))
+        # A tenant's whole state in one statement: in-flight worst cases by period, settled
+        # counters, and (for minute limits) the last minute's admissions as sums.
         day, month = bindparam("day_start", type_=UTCDateTime), bindparam("month_start", type_=UTCDateTime)
 
-        def live_sum(column, since, money=False):
-            total = func.coalesce(func.sum(case((r.reserved_at >= since, column), else_=0)), 0)
-            return type_coerce(total, Money) if money else total
+        def scalar(column, table_where, money=False):
+            value = select(func.coalesce(column, 0)).where(*table_where).scalar_subquery()
+            return type_coerce(value, Money) if money else value
 
-        self.live = select(func.count(), live_sum(r.tokens, day), live_sum(r.cost_usd, day, True),
-                           live_sum(r.tokens, month), live_sum(r.cost_usd, month, True)).where(r.tenant == tenant)
-        self.settled = select(c.period, c.tokens, c.cost_usd).where(
-            c.tenant == tenant, c.period.in_([bindparam("day"), bindparam("month")]))
+        def live(column, since, money=False):
+            return scalar(func.sum(case((r.reserved_at >= since, column), else_=0)), [r.tenant == tenant], money)
+
+        def settled(column, period, money=False):
+            return scalar(func.sum(column), [c.tenant == tenant, c.period == bindparam(period)], money)
+
+        state = [scalar(func.count(), [r.tenant == tenant]),
+                 live(r.tokens, day), live(r.cost_usd, day, True), live(r.tokens, month), live(r.cost_usd, month, True),
+                 settled(c.tokens, "day"), settled(c.cost_usd, "day", True),
+                 settled(c.tokens, "month"), settled(c.cost_usd, "month", True)]
         since = bindparam("since", type_=UTCDateTime)
         self.window = select(r.reserved_at.label("at"), r.tokens.label("tokens")).where(
             r.tenant == tenant, r.reserved_at > since).union_all(
             select(g.started_at, g.prompt_tokens + g.completion_tokens)
             .where(g.tenant == tenant, g.started_at > since, g.status != REFUSED))
         entries = self.window.subquery()
-        self.window_summary = select(func.count(), func.coalesce(func.sum(entries.c.tokens), 0),
-                                     type_coerce(func.min(entries.c.at), UTCDateTime),
-                                     type_coerce(func.max(entries.c.at), UTCDateTime))
+        summary = select(func.count(), func.coalesce(func.sum(entries.c.tokens), 0),
+                         type_coerce(func.min(entries.c.at), UTCDateTime),
+                         type_coerce(func.max(entries.c.at), UTCDateTime)).subquery()
+        self.state = select(*state)
+        self.state_with_window = select(*state, *summary.c)
         self.renew = (update(reservations).where(r.ingress_id == bindparam("ingress"))
                       .values(expires_at=bindparam("expires_at", type_=UTCDateTime)))
 
@@ -284,21 +294,20 @@ class QuotaStore:
             return decision
 
     def _state(self, conn: Connection, tenant: str, now: datetime, limits: Limits) -> TenantState:
-        """The tenant's usage at `now`, summed in SQL: only minute limits need single rows."""
+        """The tenant's usage at `now`, summed in SQL: only minute limits need the window."""
         today, month = day_key(now), month_key(now)
         day_start = datetime.strptime(today, "%Y-%m-%d").replace(tzinfo=timezone.utc)
-        live = conn.execute(self._sql.live, {"tenant": tenant, "day_start": day_start,
-                                             "month_start": day_start.replace(day=1)}).one()
-        settled = {row.period: Spend(int(row.tokens), row.cost_usd) for row in conn.execute(
-            self._sql.settled, {"tenant": tenant, "day": today, "month": month})}
-        summary = None
-        if limits.requests_per_minute is not None or limits.tokens_per_minute is not None:
-            count, tokens, oldest, newest = conn.execute(self._sql.window_summary, self._since(tenant, now)).one()
-            summary = WindowSummary(int(count), int(tokens), oldest, newest)
+        minute = limits.requests_per_minute is not None or limits.tokens_per_minute is not None
+        row = conn.execute(self._sql.state_with_window if minute else self._sql.state, {
+            "tenant": tenant, "day_start": day_start, "month_start": day_start.replace(day=1), "day": today,
+            "month": month, "since": now - timedelta(seconds=WINDOW_S)}).one()
+        in_flight, live_day, live_day_usd, live_month, live_month_usd = row[:5]
+        settled_day, settled_day_usd, settled_month, settled_month_usd = row[5:9]
+        summary = WindowSummary(int(row[9]), int(row[10]), row[11], row[12]) if minute else None
         return TenantState(
-            now=now, in_flight=int(live[0]), window=(), window_summary=summary,
-            day=settled.get(today, Spend()) + Spend(int(live[1]), live[2]),
-            month=settled.get(month, Spend()) + Spend(int(live[3]), live[4]),
+            now=now, in_flight=int(in_flight), window=(), window_summary=summary,
+            day=Spend(int(settled_day) + int(live_day), settled_day_usd + live_day_usd),
+            month=Spend(int(settled_month) + int(live_month), settled_month_usd + live_month_usd),
         )
 
     @staticmethod
@@ -325,7 +334,7 @@ class QuotaStore:
                 if not replaced:
                     return False
             tokens = outcome.prompt_tokens + outcome.completion_tokens
-            conn.execute(self._sql.count, [
+            conn.execute(self._sql.count, [  # its UTC day and month
                 {"tenant": info.tenant, "period": period, "requests": 1, "tokens": tokens, "cost_usd": outcome.cost_usd}
                 for period in (day_key(started), month_key(started))])
             return True
