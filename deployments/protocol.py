@@ -66,12 +66,15 @@ def start_event(
 
 
 def delta_event(*, reasoning: str = "", content: str = "", tool_calls: list[dict] | None = None,
-                completion_tokens: int | None = None, reasoning_tokens: int | None = None) -> dict:
+                completion_tokens: int | None = None, reasoning_tokens: int | None = None,
+                prompt_tokens: int | None = None) -> dict:
     """tool_calls: OpenAI tool-call deltas (index, id, function.name, function.arguments piece).
-    completion_tokens / reasoning_tokens: generated so far, this delta included (None: unknown).
-    They are what a request cancelled mid-stream is billed for."""
+    completion_tokens / reasoning_tokens: generated so far, this delta included (None: unknown);
+    prompt_tokens: the engine's count when START could not give it. They are what a request
+    cancelled mid-stream is billed for."""
     return {"event": DELTA, "reasoning": reasoning, "content": content, "tool_calls": tool_calls or [],
-            "completion_tokens": completion_tokens, "reasoning_tokens": reasoning_tokens}
+            "completion_tokens": completion_tokens, "reasoning_tokens": reasoning_tokens,
+            "prompt_tokens": prompt_tokens}
 
 
 def error_event(*, status: int, message: str, type: str = "invalid_request_error", param: str | None = None) -> dict:

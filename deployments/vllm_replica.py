@@ -161,7 +161,8 @@ class MagistralLLMServer(LLMServer):
                     for choice in payload.get("choices") or []:
                         event = _delta_from_choice(choice)
                         if event["reasoning"] or event["content"] or event["tool_calls"]:
-                            event["completion_tokens"], event["reasoning_tokens"] = usage.completion, usage.reasoning
+                            event.update(completion_tokens=usage.completion, reasoning_tokens=usage.reasoning,
+                                         prompt_tokens=usage.prompt or None)
                             yield event
             yield usage.end()
             cancelled = False

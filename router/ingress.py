@@ -9,7 +9,6 @@ and is billed the tokens delivered so far.
 """
 
 import asyncio
-import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -131,7 +130,8 @@ class RouterIngress:
         self._gate = TenancyGate(TenancySettings(
             tenants_file=self._config.tenants_file, prices_file=self._config.prices_file,
             ledger_url=self._config.ledger_url, reload_s=self._config.tenants_reload_s,
-            reservation_ttl_s=self._config.reservation_ttl_s))
+            reservation_ttl_s=self._config.reservation_ttl_s,
+            pools=tuple(p.name for p in self._config.enabled_pools)))
         app.state.gate = self._gate  # one ingress replica per process
         self._pools = pools
         self._limits = self._config.pool_limits()
@@ -262,9 +262,10 @@ class RouterIngress:
         request_key = uuid.uuid4().hex  # client-chosen request ids may repeat; this may not
         meter = await self._reserve(job, admission, tenant, body.model, body.requested_max_tokens(), request_key)
         self._pool_load.add(pool, request_key, job.work_tokens)
-        events = self._pools[pool].options(stream=True).generate.remote(job)
-        release = functools.partial(self._release, request_key, events)
+        events = None
+        release = lambda: self._release(request_key, events)  # noqa: E731 - sees `events` once set
         try:
+            events = self._pools[pool].options(stream=True).generate.remote(job)
             start = await events.__anext__()
         except Exception as exc:
             release()
@@ -322,7 +323,8 @@ class RouterIngress:
             yield sse(writer.chunk(None, first=True))
             async for event in events:
                 if event["event"] == ERROR:  # headers are out: report in-band and stop
-                    await self._gate.settle(meter, FAILED, event["message"])
+                    # Billed only if some of the answer was delivered (plus its prompt).
+                    await self._gate.settle(meter, FAILED, event["message"], generated=meter.completion_tokens > 0)
                     yield sse(_engine_error(event).body())
                     break
                 if event["event"] == END:
@@ -338,10 +340,11 @@ class RouterIngress:
             yield sse("[DONE]")
         except Exception:  # headers are sent: report in-band, as OpenAI does, and end the stream
             logger.exception("stream %s failed", job.request_id)
-            await self._gate.settle(meter, FAILED, "replica failed mid-stream")
+            await self._gate.settle(meter, FAILED, "replica failed mid-stream", generated=meter.completion_tokens > 0)
             yield sse(errors.server_error(job.request_id).body())
 
     def _release(self, load_key: str, events) -> None:
         """Forget the request's load; if the stream did not finish, stop the replica's work."""
         self._pool_load.remove(load_key)
-        events.cancel()
+        if events is not None:
+            events.cancel()

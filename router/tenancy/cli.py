@@ -14,11 +14,13 @@ half a file; every ingress replica picks the change up within `tenants_reload_s`
 from __future__ import annotations
 
 import argparse
+import fcntl
 import io
 import os
 import secrets
 import sys
 import tempfile
+from contextlib import contextmanager
 from decimal import Decimal
 
 from pydantic import ValidationError
@@ -64,8 +66,20 @@ def _load(path: str):
     return data
 
 
+@contextmanager
+def _locked(path: str):
+    """One edit at a time (a lock file beside the tenants file): no edit overwrites another."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f".{os.path.basename(path)}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _save(path: str, data) -> None:
-    """Validate as the router will, then replace the file atomically."""
+    """Validate as the router will, then replace the file atomically: the real file when `path`
+    is a symlink (the link stays), with the old file's mode, or 0644 for a new one."""
+    path = os.path.realpath(path)
     buf = io.StringIO()
     _yaml().dump(data, buf)
     text = buf.getvalue()
@@ -79,8 +93,7 @@ def _save(path: str, data) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        if os.path.exists(path):
-            os.chmod(tmp, os.stat(path).st_mode & 0o777)
+        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -97,6 +110,11 @@ def _limits(args) -> dict:
 
 
 def cmd_add(args) -> int:
+    with _locked(args.file):
+        return _add(args)
+
+
+def _add(args) -> int:
     data = _load(args.file)
     if args.name in data["tenants"]:
         raise CLIError(f"tenant {args.name!r} exists; use rotate-key for a new key")
@@ -119,6 +137,11 @@ def cmd_add(args) -> int:
 
 
 def cmd_rotate(args) -> int:
+    with _locked(args.file):
+        return _rotate(args)
+
+
+def _rotate(args) -> int:
     data = _load(args.file)
     spec = data["tenants"].get(args.name)
     if spec is None:
@@ -148,8 +171,13 @@ def cmd_list(args) -> int:
 
 
 def cmd_usage(args) -> int:
+    from sqlalchemy.engine import make_url
+
     from router.tenancy.store import QuotaStore
 
+    url = make_url(args.ledger)  # a mistyped SQLite path would otherwise become a new, empty ledger
+    if url.get_backend_name() == "sqlite" and url.database and not os.path.exists(url.database):
+        raise CLIError(f"no ledger at {url.database}")
     store = QuotaStore(args.ledger)
     try:
         start, end = parse_time(args.start, "from"), parse_time(args.end, "to")

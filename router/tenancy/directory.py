@@ -25,6 +25,7 @@ from router.tenancy.quota import Limits
 
 logger = logging.getLogger("ray.serve")
 T = TypeVar("T")
+TENANT_NAME_CHARS = 128  # the ledger's tenant column
 
 
 class TenantLimits(BaseModel):
@@ -73,6 +74,14 @@ class TenantsFile(BaseModel):
     @classmethod
     def _no_tenants(cls, v):
         return {} if v is None else v
+
+    @field_validator("tenants")
+    @classmethod
+    def _names(cls, v: dict[str, TenantSpec]) -> dict[str, TenantSpec]:
+        for name in v:
+            if not 1 <= len(name) <= TENANT_NAME_CHARS:
+                raise ValueError(f"tenant names are 1 to {TENANT_NAME_CHARS} characters: {name[:40]!r}")
+        return v
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from router import errors
 from router.tenancy.directory import ReloadingFile, Tenant, TenantDirectory
 from router.tenancy.pricing import PriceTable, Prices, usd_text
 from router.tenancy.quota import OUT_OF_BUDGET, Ask, Grant, RateHeaders, Refusal
-from router.tenancy.store import (CANCELLED, COMPLETED, FAILED, Outcome, QuotaStore, RequestInfo, utcnow)
+from router.tenancy.store import CANCELLED, COMPLETED, FAILED, Outcome, QuotaStore, RequestInfo
 
 logger = logging.getLogger("ray.serve")
 
@@ -57,19 +57,19 @@ class Meter:
                 self.prompt_tokens = event["prompt_tokens"]
         elif kind in (DELTA, END):
             # Cumulative counts: a delta carries the tokens generated up to and including it.
+            if event.get("prompt_tokens") is not None:
+                self.prompt_tokens = event["prompt_tokens"]  # the engine's own count
             if event.get("completion_tokens") is not None:
                 self.completion_tokens = event["completion_tokens"]
                 self.reasoning_tokens = event.get("reasoning_tokens") or 0
-            if kind == END:
-                self.prompt_tokens = event["prompt_tokens"]
 
     def usage_with(self, event: dict) -> dict:
         """The usage billed once `event` (a delta) has been delivered too."""
         completion = event.get("completion_tokens")
         completion = self.completion_tokens if completion is None else completion
         reasoning = event.get("reasoning_tokens") if event.get("completion_tokens") is not None else self.reasoning_tokens
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-                "total_tokens": self.prompt_tokens + completion,
+        prompt = event.get("prompt_tokens") or self.prompt_tokens
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
                 "completion_tokens_details": {"reasoning_tokens": reasoning or 0}}
 
     def outcome(self, status: str, error: str | None = None, *, generated: bool = True) -> Outcome:
@@ -89,19 +89,38 @@ class TenancySettings:
     ledger_url: str
     reload_s: float = 2.0
     reservation_ttl_s: float = 15.0
+    pools: tuple[str, ...] = ()  # served pools: a prices file must price them all
 
 
 class TenancyGate:
     def __init__(self, settings: TenancySettings):
         self.settings = settings
-        self.tenants = ReloadingFile(settings.tenants_file, TenantDirectory.from_dict, settings.reload_s)
-        self.prices = ReloadingFile(settings.prices_file, PriceTable.from_dict, settings.reload_s)
+        # A reloaded file is checked as the deploy checks it; one that fails keeps the last good.
+        self.prices = ReloadingFile(settings.prices_file, self._checked_prices, settings.reload_s)
+        self.tenants = ReloadingFile(settings.tenants_file, self._checked_tenants, settings.reload_s)
         self.store = QuotaStore(settings.ledger_url, reservation_ttl_s=settings.reservation_ttl_s)
         self.ingress_id = uuid.uuid4().hex
-        # SQLite takes one writer at a time: more threads would only wait on its lock.
+        # SQLite takes one writer at a time: more threads would only wait on its lock. Reads
+        # (/v1/usage) have their own threads, so a long report never holds up an admission.
         workers = 1 if self.store.engine.dialect.name == "sqlite" else 8
         self._db = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ledger")
+        self._reads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ledger-read")
+        self._live: set[str] = set()  # reservations this ingress still serves or has yet to settle
+        self._unsettled: dict[str, tuple[RequestInfo, Outcome]] = {}  # settlements to retry
         self._keeper: asyncio.Task | None = None
+
+    def _checked_prices(self, data: dict) -> PriceTable:
+        table = PriceTable.from_dict(data)
+        table.check_covers(list(self.settings.pools))
+        return table
+
+    def _checked_tenants(self, data: dict) -> TenantDirectory:
+        directory = TenantDirectory.from_dict(data)
+        tiers = self.prices.get().tiers
+        unknown = {t.name: t.tier for t in directory.tenants.values() if t.tier is not None and t.tier not in tiers}
+        if unknown:
+            raise ValueError(f"tenants with a price tier the prices file does not have: {unknown}")
+        return directory
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
@@ -116,24 +135,32 @@ class TenancyGate:
         self._ensure_keeper()
         prices = self.prices.get().prices(tenant.tier, info.pool)
         ask = Ask(prompt_tokens, max_tokens, clampable, prices.input / 1_000_000, prices.completion_max / 1_000_000)
-        info.started_at = utcnow()
+        pending = asyncio.ensure_future(self._run(self.store.reserve, info, self.ingress_id, tenant.limits, ask))
         try:
-            decision = await self._run(self.store.reserve, info, self.ingress_id, tenant.limits, ask)
+            decision = await asyncio.shield(pending)
+        except asyncio.CancelledError:  # the client left while the transaction ran: undo a grant
+            pending.add_done_callback(lambda done: self._undo(info, done))
+            raise
         except Exception as exc:  # noqa: BLE001 - no store, no admission: fail closed
             logger.error("quota store unavailable, refusing request %s: %s", info.request_id, type(exc).__name__)
             raise errors.unavailable("Quota service unavailable; retry shortly.") from exc
         if isinstance(decision, Refusal):
             raise refusal_error(decision)
+        self._live.add(info.request_id)
         return Meter(info, prices, decision, prompt_tokens)
+
+    def _undo(self, info: RequestInfo, done: asyncio.Future) -> None:
+        if not done.cancelled() and done.exception() is None and isinstance(done.result(), Grant):
+            self._live.add(info.request_id)
+            self._start_settling(info, Outcome(CANCELLED, error="client left before dispatch"))
 
     # ---- settlement -----------------------------------------------------------------------
     async def settle(self, meter: Meter, status: str = COMPLETED, error: str | None = None,
                      *, generated: bool = True) -> Decimal | None:
         """Settle once and wait until the ledger row is committed; returns the cost (None if the
-        store stayed unavailable: the reservation then expires and the failure is logged)."""
-        if meter.settling is None:
-            outcome = meter.outcome(status, error, generated=generated)
-            meter.settling = asyncio.ensure_future(self._settle_with_retries(meter.info, outcome))
+        store is unavailable: the settlement is then retried in the background, and the
+        reservation kept alive, until it is written)."""
+        self.settle_soon(meter, status, error, generated=generated)
         ok = await asyncio.shield(meter.settling)
         return meter.cost if ok else None
 
@@ -141,25 +168,41 @@ class TenancyGate:
                     *, generated: bool = True) -> None:
         """Settle without waiting (the client is gone); does nothing if already settling."""
         if meter.settling is None:
-            outcome = meter.outcome(status, error, generated=generated)
-            meter.settling = asyncio.ensure_future(self._settle_with_retries(meter.info, outcome))
+            meter.settling = self._start_settling(meter.info, meter.outcome(status, error, generated=generated))
+
+    def _start_settling(self, info: RequestInfo, outcome: Outcome) -> asyncio.Future:
+        return asyncio.ensure_future(self._settle_with_retries(info, outcome))
 
     async def _settle_with_retries(self, info: RequestInfo, outcome: Outcome) -> bool:
         for attempt in range(_SETTLE_ATTEMPTS):
-            try:
-                await self._run(self.store.settle, info, outcome)
+            if await self._settle_once(info, outcome, attempt):
                 return True
-            except Exception as exc:  # noqa: BLE001 - retried; settle is idempotent
-                logger.warning("settling %s failed (attempt %d): %s", info.request_id, attempt + 1, type(exc).__name__)
-                await asyncio.sleep(_SETTLE_BACKOFF_S * 2 ** attempt)
-        logger.error("request %s (tenant %s) could not be written to the ledger", info.request_id, info.tenant)
+            await asyncio.sleep(_SETTLE_BACKOFF_S * 2 ** attempt)
+        logger.error("request %s (tenant %s) not yet in the ledger; retrying in the background",
+                     info.request_id, info.tenant)
+        self._unsettled[info.request_id] = (info, outcome)
         return False
+
+    async def _settle_once(self, info: RequestInfo, outcome: Outcome, attempt: int) -> bool:
+        try:
+            await self._run(self.store.settle, info, outcome)
+        except Exception as exc:  # noqa: BLE001 - retried; settle is idempotent
+            logger.warning("settling %s failed (attempt %d): %s", info.request_id, attempt + 1, type(exc).__name__)
+            return False
+        self._live.discard(info.request_id)
+        self._unsettled.pop(info.request_id, None)
+        return True
 
     # ---- reading --------------------------------------------------------------------------
     async def usage(self, tenant: str | None, start: datetime | None, end: datetime | None, pool: str | None,
                     limit: int) -> tuple[list[dict], list[dict]]:
-        totals = await self._run(self.store.totals, tenant, start, end, pool)
-        rows = await self._run(self.store.rows, tenant, start, end, pool, limit + 1)
+        loop = asyncio.get_running_loop()
+        try:
+            totals = await loop.run_in_executor(self._reads, self.store.totals, tenant, start, end, pool)
+            rows = await loop.run_in_executor(self._reads, self.store.rows, tenant, start, end, pool, limit + 1)
+        except Exception as exc:  # noqa: BLE001 - the ledger is down: say so, not a 500
+            logger.error("usage query failed: %s", type(exc).__name__)
+            raise errors.unavailable("The usage ledger is unavailable; retry shortly.") from exc
         return totals, rows
 
     # ---- keeping reservations alive -------------------------------------------------------
@@ -168,12 +211,16 @@ class TenancyGate:
             self._keeper = asyncio.get_running_loop().create_task(self._keep())
 
     async def _keep(self) -> None:
-        """Renew this ingress's reservations; drop any ingress's that stopped being renewed."""
+        """Renew the reservations of requests this ingress still serves (so an orphan expires),
+        retry settlements the ledger refused, and drop any ingress's expired reservations."""
         interval = self.settings.reservation_ttl_s / 3
         while True:
             await asyncio.sleep(interval)
             try:
-                await self._run(self.store.renew, self.ingress_id)
+                if self._live:
+                    await self._run(self.store.renew, self.ingress_id, list(self._live))
+                for info, outcome in list(self._unsettled.values()):
+                    await self._settle_once(info, outcome, _SETTLE_ATTEMPTS)
                 dropped = await self._run(self.store.expire)
                 if dropped:
                     logger.warning("dropped %d reservations whose ingress stopped renewing them", dropped)

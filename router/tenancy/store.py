@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -28,6 +28,7 @@ from sqlalchemy import (BigInteger, bindparam, case, Column, DateTime, Index, In
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from router.tenancy.directory import TENANT_NAME_CHARS
 from router.tenancy.pricing import from_pico, to_pico
 from router.tenancy.quota import (WINDOW_S, Ask, Grant, Limits, Refusal, Spend, TenantState, WindowSummary, day_key,
                                   decide, month_key, needs_window)
@@ -73,7 +74,7 @@ ledger = Table(
     "usage_ledger", metadata,
     Column("request_id", String(64), primary_key=True),  # unique per request, made by the router
     Column("client_request_id", String(CLIENT_ID_CHARS)),  # the x-request-id the client saw
-    Column("tenant", String(128), nullable=False),
+    Column("tenant", String(TENANT_NAME_CHARS), nullable=False),
     Column("route", String(32)),
     Column("model", String(128)),
     Column("pool", String(64)),
@@ -96,7 +97,7 @@ ledger = Table(
 reservations = Table(
     "quota_reservations", metadata,
     Column("request_id", String(64), primary_key=True),
-    Column("tenant", String(128), nullable=False),
+    Column("tenant", String(TENANT_NAME_CHARS), nullable=False),
     Column("ingress_id", String(64), nullable=False),
     Column("client_request_id", String(CLIENT_ID_CHARS)),
     Column("route", String(32)),
@@ -113,7 +114,7 @@ reservations = Table(
 
 counters = Table(
     "quota_counters", metadata,
-    Column("tenant", String(128), primary_key=True),
+    Column("tenant", String(TENANT_NAME_CHARS), primary_key=True),
     Column("period", String(10), primary_key=True),  # '2026-11-22' (UTC day) or '2026-11' (month)
     Column("requests", BigInteger, nullable=False),
     Column("tokens", BigInteger, nullable=False),
@@ -246,9 +247,11 @@ class _Statements:
         self.state_with_window = select(*state, *summary.c)
         self.renew = (update(reservations).where(r.ingress_id == bindparam("ingress"))
                       .values(expires_at=bindparam("expires_at", type_=UTCDateTime)))
+        self.renew_some = self.renew.where(r.request_id.in_(bindparam("ids", expanding=True)))
 
 
 _ROW_COLUMNS = [c.name for c in ledger.columns if c.name != "request_id"]
+_SCHEMA_LOCK = 0x6D61_6769  # advisory lock key held while creating the tables
 
 
 class QuotaStore:
@@ -257,7 +260,10 @@ class QuotaStore:
     def __init__(self, url: str, *, reservation_ttl_s: float = 15.0):
         self.engine = make_engine(url)
         self.ttl = timedelta(seconds=reservation_ttl_s)
-        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":  # replicas starting together: one creates the tables
+                conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+            metadata.create_all(conn)
         self._sql = _Statements(self.engine.dialect.name)
 
     def close(self) -> None:
@@ -277,8 +283,8 @@ class QuotaStore:
 
     # ---- admission ------------------------------------------------------------------------
     def reserve(self, info: RequestInfo, ingress_id: str, limits: Limits, ask: Ask) -> Grant | Refusal:
-        now = info.started_at or utcnow()
         with self._tenant_tx(info.tenant) as conn:
+            now = info.started_at or utcnow()  # read under the lock: a wait for it is not back-dated
             state = self._state(conn, info.tenant, now, limits)
             decision = decide(limits, state, ask)
             if needs_window(decision, state):  # an exact Retry-After needs the single admissions
@@ -348,11 +354,16 @@ class QuotaStore:
         return conn.execute(self._sql.write_row, self._row_values(info, outcome, finished_at)).rowcount == 1
 
     # ---- expiry ---------------------------------------------------------------------------
-    def renew(self, ingress_id: str, now: datetime | None = None) -> int:
-        """Push back the expiry of every reservation this ingress holds (it is alive)."""
+    def renew(self, ingress_id: str, request_ids: Collection[str] | None = None, now: datetime | None = None) -> int:
+        """Push back the expiry of the reservations of requests this ingress is still serving
+        (`request_ids`; None: all it holds). One it no longer serves then expires."""
         now = now or utcnow()
         with self.engine.begin() as conn:
-            return conn.execute(self._sql.renew, {"ingress": ingress_id, "expires_at": now + self.ttl}).rowcount
+            if request_ids is None:
+                stmt, params = self._sql.renew, {"ingress": ingress_id}
+            else:
+                stmt, params = self._sql.renew_some, {"ingress": ingress_id, "ids": list(request_ids)}
+            return conn.execute(stmt, {**params, "expires_at": now + self.ttl}).rowcount
 
     def expire(self, now: datetime | None = None) -> int:
         """Drop reservations whose ingress stopped renewing them; each leaves an `expired` row."""

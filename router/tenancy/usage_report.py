@@ -54,10 +54,10 @@ def parse_time(text: str | None, name: str) -> datetime | None:
         pass
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # not a date, or one that leaves the calendar in UTC
         raise errors.APIError(400, f"'{name}' must be an ISO 8601 date or time, or Unix seconds.", param=name,
                               code="invalid_value") from None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
 def _json(value):

@@ -260,6 +260,18 @@ def test_requests_per_minute_is_a_sliding_window_over_admissions(store):
 
 # ---- expiry -----------------------------------------------------------------------------------
 
+def test_renewing_named_requests_lets_the_ingress_s_orphans_expire(make_store):
+    """An ingress renews only the requests it still serves: a reservation it lost track of (its
+    client left while the reservation committed) expires like a dead ingress's."""
+    store = make_store(reservation_ttl_s=5)
+    for rid in ("req-served", "req-orphan"):
+        assert isinstance(store.reserve(info(rid), "ingress-a", Limits(), ask(10, 10)), Grant)
+    assert store.renew("ingress-a", ["req-served"], now=T0 + timedelta(seconds=4)) == 1
+    assert store.expire(now=T0 + timedelta(seconds=6)) == 1
+    assert row(store, "req-orphan")["status"] == EXPIRED
+    assert store.in_flight(TENANT) == 1
+
+
 def test_unrenewed_reservations_expire_and_a_late_settle_replaces_the_expired_row(make_store):
     store = make_store(reservation_ttl_s=5)
     limits = Limits(tokens_per_day=1000)

@@ -63,3 +63,22 @@ def test_usage_reads_the_ledger(tmp_path, capsys):
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("acme"))
     assert line.split() == ["acme", "completed", "1", "100", "20", "5", "0.00008"]
     assert main(["usage", "--ledger", url, "--from", "not-a-date"]) == 2
+
+
+def test_a_new_file_is_readable_by_the_router_and_a_symlink_stays_a_symlink(tmp_path, capsys):
+    real = tmp_path / "real" / "tenants.yaml"
+    real.parent.mkdir()
+    real.write_text("tenants: {}\n")
+    link = tmp_path / "tenants.yaml"
+    link.symlink_to(real)
+    assert main(["--file", str(link), "add", "acme"]) == 0
+    assert link.is_symlink() and "acme" in real.read_text()
+    fresh = tmp_path / "new" / "tenants.yaml"
+    assert main(["--file", str(fresh), "add", "acme"]) == 0
+    assert fresh.stat().st_mode & 0o777 == 0o644
+
+
+def test_usage_of_a_missing_sqlite_ledger_is_an_error_not_an_empty_report(tmp_path, capsys):
+    assert main(["usage", "--ledger", f"sqlite:///{tmp_path / 'typo.db'}"]) == 2
+    assert "no ledger" in capsys.readouterr().err
+    assert not (tmp_path / "typo.db").exists()

@@ -1,0 +1,122 @@
+"""The ingress side of tenancy (TenancyGate, Meter) on a real SQLite ledger: no Ray."""
+
+import asyncio
+import os
+from decimal import Decimal
+
+import pytest
+import yaml
+
+from deployments.protocol import delta_event, end_event, start_event
+from router import errors
+from router.tenancy import gate as gate_module
+from router.tenancy.gate import TenancyGate, TenancySettings
+from router.tenancy.store import CANCELLED, RequestInfo
+from router.tenancy.usage_report import parse_time
+
+PRICES = {"tiers": {"standard": {"short": {"input": 0.5, "output": 1.5}}}}
+
+
+@pytest.fixture
+def make_gate(tmp_path):
+    def make(limits: dict | None = None, ttl: float = 15.0) -> TenancyGate:
+        (tmp_path / "tenants.yaml").write_text(yaml.safe_dump(
+            {"tenants": {"acme": {"api_keys": ["sk-acme"], "limits": limits or {}}}}))
+        (tmp_path / "prices.yaml").write_text(yaml.safe_dump(PRICES))
+        return TenancyGate(TenancySettings(str(tmp_path / "tenants.yaml"), str(tmp_path / "prices.yaml"),
+                                           f"sqlite:///{tmp_path / 'ledger.db'}", reload_s=0.01,
+                                           reservation_ttl_s=ttl, pools=("short",)))
+    return make
+
+
+def info(rid: str) -> RequestInfo:
+    return RequestInfo(rid, "acme", client_request_id=rid, route="chat", model="m", pool="short")
+
+
+async def test_a_client_leaving_during_the_reservation_leaves_no_reservation(make_gate):
+    gate = make_gate({"max_concurrent_requests": 1})
+    tenant = gate.authenticate("sk-acme")
+    task = asyncio.ensure_future(gate.reserve(tenant, info("r1"), prompt_tokens=10, max_tokens=5, clampable=False))
+    await asyncio.sleep(0)  # the transaction is on its thread
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(300):  # the grant is settled as cancelled once its transaction ends
+        if gate.store.rows("acme") and not gate._live:
+            break
+        await asyncio.sleep(0.01)
+    assert gate.store.in_flight("acme") == 0
+    (row,) = gate.store.rows("acme")
+    assert (row["status"], row["prompt_tokens"], row["completion_tokens"]) == (CANCELLED, 0, 0)
+    meter = await gate.reserve(tenant, info("r2"), prompt_tokens=10, max_tokens=5, clampable=False)
+    assert meter.max_tokens == 5  # the concurrency slot is free again
+
+
+async def test_a_settlement_the_ledger_refuses_is_retried_and_its_reservation_kept(make_gate, monkeypatch):
+    monkeypatch.setattr(gate_module, "_SETTLE_BACKOFF_S", 0.0)
+    gate = make_gate()
+    tenant = gate.authenticate("sk-acme")
+    meter = await gate.reserve(tenant, info("r1"), prompt_tokens=10, max_tokens=5, clampable=False)
+    meter.observe(end_event(finish_reason="stop", prompt_tokens=10, completion_tokens=3, reasoning_tokens=0))
+    real_settle, failures = gate.store.settle, []
+
+    def flaky(*args):
+        if len(failures) < gate_module._SETTLE_ATTEMPTS:
+            failures.append(1)
+            raise ConnectionError("ledger down")
+        return real_settle(*args)
+
+    monkeypatch.setattr(gate.store, "settle", flaky)
+    assert await gate.settle(meter) is None  # every attempt failed: no cost to report yet
+    assert "r1" in gate._live and "r1" in gate._unsettled  # kept alive, queued for retry
+    assert gate.store.in_flight("acme") == 1
+    await gate._settle_once(*gate._unsettled["r1"], attempt=5)  # what the keeper's next round does
+    assert not gate._live and not gate._unsettled and gate.store.in_flight("acme") == 0
+    (row,) = gate.store.rows("acme")
+    assert (row["completion_tokens"], row["cost_usd"]) == (3, Decimal("0.0000095"))
+
+
+def test_meter_takes_the_engines_prompt_count_from_deltas(make_gate):
+    gate = make_gate()
+    from router.tenancy.quota import Grant, RateHeaders
+    meter = gate_module.Meter(info("r1"), gate.prices.get().prices(None, "short"),
+                              Grant(100, 140, Decimal(0), None, RateHeaders()), prompt_tokens=40)  # a byte bound
+    meter.observe(start_event(replica="x", node_id="n", pool="short", accelerator="a", prompt_tokens=None,
+                              max_tokens=None))
+    delta = delta_event(content="hi", completion_tokens=2, reasoning_tokens=1, prompt_tokens=17)
+    assert meter.usage_with(delta)["prompt_tokens"] == 17  # what the client is told it is billed
+    meter.observe(delta)
+    outcome = meter.outcome(CANCELLED)
+    assert (outcome.prompt_tokens, outcome.completion_tokens, outcome.reasoning_tokens) == (17, 2, 1)
+
+
+def test_a_reloaded_prices_file_that_drops_a_pool_is_not_used(make_gate, tmp_path):
+    gate = make_gate()
+    before = gate.prices.get()
+    (tmp_path / "prices.yaml").write_text(yaml.safe_dump({"tiers": {"standard": {"long": {"input": 1, "output": 2}}}}))
+    os.utime(tmp_path / "prices.yaml", ns=(1, 1))
+    import time
+    time.sleep(0.02)
+    assert gate.prices.get() is before
+
+
+def test_a_reloaded_tenants_file_naming_an_unknown_tier_is_not_used(make_gate, tmp_path):
+    gate = make_gate()
+    before = gate.tenants.get()
+    (tmp_path / "tenants.yaml").write_text(yaml.safe_dump({"tenants": {"acme": {"api_keys": ["sk-new"], "tier": "gold"}}}))
+    os.utime(tmp_path / "tenants.yaml", ns=(1, 1))
+    import time
+    time.sleep(0.02)
+    assert gate.tenants.get() is before and gate.authenticate("sk-new") is None
+
+
+@pytest.mark.parametrize("text", ["9999-12-31T23:00:00-02:00", "0001-01-01T00:30:00+01:00", "tomorrow", "1e400"])
+def test_usage_times_out_of_range_are_400s(text):
+    with pytest.raises(errors.APIError) as exc:
+        parse_time(text, "from")
+    assert exc.value.status == 400
+
+
+def test_usage_times_are_utc():
+    assert parse_time("2026-11-22T01:00:00+02:00", "from").isoformat() == "2026-11-21T23:00:00+00:00"
+    assert parse_time("0", "to").isoformat() == "1970-01-01T00:00:00+00:00"
