@@ -16,16 +16,18 @@ class ReplicaLoadTracker:
     ongoing_requests: int = 0
     completed: int = 0
     cancelled: int = 0
+    cancelled_completion_tokens: int = 0  # generated for requests cancelled before they finished
 
     def begin(self, work_tokens: int) -> None:
         self.queued_tokens += work_tokens
         self.ongoing_requests += 1
 
-    def end(self, work_tokens: int, *, cancelled: bool) -> None:
+    def end(self, work_tokens: int, *, cancelled: bool, generated: int = 0) -> None:
         self.queued_tokens -= work_tokens
         self.ongoing_requests -= 1
         if cancelled:
             self.cancelled += 1
+            self.cancelled_completion_tokens += generated
         else:
             self.completed += 1
 
@@ -33,7 +35,8 @@ class ReplicaLoadTracker:
         return {STAT_QUEUED_TOKENS: self.queued_tokens, STAT_ONGOING_REQUESTS: self.ongoing_requests}
 
     def totals(self) -> dict[str, int]:
-        return {"completed": self.completed, "cancelled": self.cancelled}
+        return {"completed": self.completed, "cancelled": self.cancelled,
+                "cancelled_completion_tokens": self.cancelled_completion_tokens}
 
 
 @dataclass(frozen=True)

@@ -143,10 +143,10 @@ class MagistralLLMServer(LLMServer):
         work = request.work_tokens
         self._load.begin(work)
         cancelled = True
+        usage = _Usage()
         try:
             yield start_event(**self._id.as_dict(), prompt_tokens=request.prompt_tokens,
                               max_tokens=request.max_tokens)
-            usage = _Usage()
             # Cancelling this generator (the router does when its client goes away) cancels the
             # engine stream, and vLLM aborts the request.
             async for batch in await method(engine_request):
@@ -167,7 +167,7 @@ class MagistralLLMServer(LLMServer):
             yield usage.end()
             cancelled = False
         finally:
-            self._load.end(work, cancelled=cancelled)
+            self._load.end(work, cancelled=cancelled, generated=usage.completion)
 
     async def record_routing_stats(self) -> dict[str, Any]:
         base = await super().record_routing_stats() or {}

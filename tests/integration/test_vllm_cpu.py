@@ -28,6 +28,7 @@ def vllm_app(local_cluster, ray_driver, tiny_model_dir):
 
     with open("configs/cpu-vllm.yaml") as f:
         args = yaml.safe_load(f)["applications"][0]["args"]
+    args["ledger_url"] = local_cluster["ledger_url"]  # the session's, not the config's .run/ledger.db
     url = deploy_app(local_cluster, "vllm", args, ENGINE_START_TIMEOUT_S)
     pool = serve.get_deployment_handle("pool-cpu", app_name="vllm")
     with open(tiny_model_dir / "SYSTEM_PROMPT.txt") as f:
@@ -205,11 +206,19 @@ def test_engine_usage_is_priced_and_in_the_ledger(client):
 
 
 def test_cancelled_stream_is_billed_what_the_engine_delivered(client, vllm_app):
-    """Hang up once the stream says N completion tokens were delivered: the ledger bills N plus
-    the prompt, and the engine stops within a second."""
+    """Hang up mid-stream: the request is billed its prompt plus the completion tokens that left
+    the router before it learnt of the hang-up: at least what the client read, at most what the
+    engine generated; and the engine stops within a second.
+
+    Not exactly what the client read: Serve's proxy buffers the router's chunks and notices a
+    closed connection only after the engine (~20 ms a token here) has produced more, which the
+    router had already handed on. The stub test (tests/cluster/test_tenancy.py), whose tokens
+    are slower than that, shows the exact match.
+    """
     payload = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}],
                "max_tokens": 4000, "stream": True,
                "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    before = stats(vllm_app)["cancelled_completion_tokens"]
     seen = None
     with client.stream("POST", "/v1/chat/completions", json=payload, headers={"x-request-id": "vllm-cancel-1"}) as resp:
         assert resp.status_code == 200
@@ -222,7 +231,11 @@ def test_cancelled_stream_is_billed_what_the_engine_delivered(client, vllm_app):
     while time.monotonic() - hung_up < 5 and stats(vllm_app)["engine_unfinished"]:
         time.sleep(0.05)
     stopped_after = time.monotonic() - hung_up
+    generated = stats(vllm_app)["cancelled_completion_tokens"] - before
     (row,) = usage_rows(client, "vllm-cancel-1")
     assert row["status"] == "cancelled"
-    assert (row["prompt_tokens"], row["completion_tokens"]) == (seen["prompt_tokens"], seen["completion_tokens"])
+    assert row["prompt_tokens"] == seen["prompt_tokens"]
+    assert seen["completion_tokens"] <= row["completion_tokens"] <= generated < 4000
+    print(f"\nclient read {seen['completion_tokens']} tokens, billed {row['completion_tokens']}, "
+          f"engine generated {generated}; engine stopped {stopped_after:.2f} s after the hang-up")
     assert stopped_after < 1.0, f"the engine still held the request {stopped_after:.2f} s after the hang-up"
