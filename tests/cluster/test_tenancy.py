@@ -44,6 +44,7 @@ def tenants_yaml() -> dict:
     tenants = {name: {"api_key_sha256": [key_digest(key(name))], "limits": limits} for name, limits in LIMITS.items()}
     tenants["boss"] = {"api_keys": [key("boss")], "admin": True}
     tenants["plain"] = {"api_keys": [key("plain")]}
+    tenants["narrow"] = {"api_keys": [key("narrow")], "allowed_pools": ["q"]}
     return {"tenants": tenants}
 
 
@@ -55,7 +56,10 @@ def quota_app(local_cluster, ray_driver, tmp_path_factory):
     url = deploy_app(local_cluster, "quota", {
         "tenants_file": str(tenants), "router_replicas": 2, "tenants_reload_s": 0.5,
         "pools": [{"name": "q", "max_model_len": CONTEXT, "num_replicas": 1, "max_ongoing_requests": 256,
-                   "engine": {"kind": "stub", "prefill_tokens_per_s": 50_000, "decode_ms_per_token": 200}}],
+                   "engine": {"kind": "stub", "prefill_tokens_per_s": 50_000, "decode_ms_per_token": 200}},
+                  # After q: only what q cannot hold comes here.
+                  {"name": "big", "max_model_len": 4096, "num_replicas": 1,
+                   "engine": {"kind": "stub", "prefill_tokens_per_s": 50_000, "decode_ms_per_token": 1}}],
     })
     yield {"url": url, "tenants": tenants}
     serve.delete("quota")
@@ -292,3 +296,19 @@ def test_local_limited_tenant_hits_its_limit(base_url):
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert refused.headers["x-ratelimit-limit-requests"] == "5" and int(refused.headers["retry-after"]) >= 1
     assert statuses[0].headers["x-ratelimit-remaining-requests"] == "4"
+
+
+def test_a_request_the_tenants_pools_cannot_hold_is_a_context_overflow(quota_app, counter):
+    """`narrow` may use only q (48 tokens): what needs the bigger pool is refused like any
+    context overflow, while a tenant allowed every pool is served by it."""
+    from tests.conftest import user_prompt_with_tokens
+
+    body = {"model": "magistral-small-2506", "messages": user_prompt_with_tokens(counter, 100), "max_tokens": 5}
+    url = quota_app["url"]
+    narrow = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60,
+                        headers={"Authorization": f"Bearer {key('narrow')}"})
+    assert narrow.status_code == 400 and narrow.json()["error"]["code"] == "context_length_exceeded"
+    assert "48 tokens" in narrow.json()["error"]["message"] and "100 tokens" in narrow.json()["error"]["message"]
+    plain = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60,
+                       headers={"Authorization": f"Bearer {key('plain')}"})
+    assert plain.status_code == 200 and plain.headers["x-pool"] == "big"
