@@ -10,7 +10,6 @@ is gone before deleting the directory.
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
+from tests.processes import alive, free_port
 
 PG_ROOT = Path("/usr/lib/postgresql")
 DATABASE = "ledger_test"
@@ -61,18 +62,6 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _postmaster_pid(datadir: Path) -> int | None:
@@ -117,7 +106,7 @@ class _Server:
     def start(self, port: int | None = None) -> None:
         """Start on `port` (a restart keeps its clients' URL), or on a free one."""
         for attempt in range(3):  # the free port may be taken between the probe and the server's bind
-            self.port = port or _free_port()
+            self.port = port or free_port()
             options = {**SETTINGS, "port": str(self.port), "unix_socket_directories": f"'{self.sockdir}'"}
             # postgresql.auto.conf is read last: these settings win over the generated ones.
             (self.datadir / "postgresql.auto.conf").write_text(
@@ -134,13 +123,13 @@ class _Server:
 
     def stop(self) -> None:
         pid = _postmaster_pid(self.datadir) or self.pid
-        if pid is not None and _alive(pid):
+        if pid is not None and alive(pid):
             self.run(str(self.bindir / "pg_ctl"), "stop", "-D", str(self.datadir), "-m", "immediate", "-w",
                      "-t", str(STOP_TIMEOUT_S), timeout=STOP_TIMEOUT_S + 10)
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        while pid is not None and _alive(pid) and time.monotonic() < deadline:
+        while pid is not None and alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if pid is not None and _alive(pid):
+        if pid is not None and alive(pid):
             os.kill(pid, 9)
             raise AssertionError(f"postmaster {pid} of the test PostgreSQL server outlived `pg_ctl stop`; killed it")
 

@@ -8,7 +8,6 @@ sends it Ctrl-C and then checks that every process it had started is gone.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,15 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import alive, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 300
 DEMO_KEY = "sk-local-demo"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _descendants(pid: int) -> set[int]:
@@ -45,17 +41,10 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
 
 @pytest.fixture(scope="session")
 def local_cluster(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("cluster")
     log_path = workdir / "launcher.log"
     # A ledger of this test session's own: a budget spent by an earlier run must not refuse ours.
@@ -100,9 +89,9 @@ def local_cluster(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail("launcher did not stop within 120 s of Ctrl-C")
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(_alive(p) for p in started):
+        while time.monotonic() < deadline and any(alive(p) for p in started):
             time.sleep(0.5)
-        left = sorted(p for p in started if _alive(p))
+        left = sorted(p for p in started if alive(p))
         for pid in left:
             os.kill(pid, signal.SIGKILL)
         assert not left, f"processes left behind by the local cluster: {left}"
