@@ -26,7 +26,7 @@ from decimal import Decimal
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 
-from router.tenancy.directory import TenantsFile, key_digest
+from router.tenancy.directory import TenantsFile, key_digest, read_yaml
 from router.tenancy.pricing import usd_text
 from router.tenancy.usage_report import parse_time
 
@@ -160,7 +160,7 @@ def _rotate(args) -> int:
 
 
 def cmd_list(args) -> int:
-    data = TenantsFile.model_validate(YAML(typ="safe").load(open(args.file, encoding="utf-8")) or {})
+    data = TenantsFile.model_validate(read_yaml(args.file))
     print(f"{'tenant':<20} {'keys':>4} {'tier':<12} {'admin':<5} {'pools':<16} limits")
     for name, spec in sorted(data.tenants.items()):
         limits = ", ".join(f"{k}={v}" for k, v in spec.limits.model_dump().items() if v is not None) or "none"

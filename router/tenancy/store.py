@@ -24,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from sqlalchemy import (BigInteger, bindparam, case, Column, DateTime, Index, Integer, MetaData, String, Table, TypeDecorator,
-                        create_engine, delete, event, func, select, text, type_coerce, update)
+                        create_engine, delete, event, func, select, type_coerce, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 
@@ -429,7 +429,3 @@ class QuotaStore:
                 .order_by(ledger.c.started_at.desc(), ledger.c.request_id).limit(limit))
         with self._read() as conn:
             return [dict(r._mapping) for r in conn.execute(stmt)]
-
-    def ping(self) -> None:
-        with self._read() as conn:
-            conn.execute(text("SELECT 1"))
