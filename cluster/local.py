@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from router.telemetry.otel_setup import forwarded_env
+
 DEMO_KEY = "sk-local-demo"
 
 
@@ -66,7 +68,15 @@ def wait_for_health(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{url} not healthy after {timeout_s:.0f}s ({last})")
 
 
-def run(config_path: str, port: int | None, num_cpus: int | None, health_timeout_s: float) -> int:
+def worker_env(env: dict[str, str]) -> dict[str, str]:
+    """What every Ray worker of the local cluster inherits: the ledger and tenancy overrides and
+    the standard OTEL_* variables (tracing in the ingress and in every replica)."""
+    return {**{k: env[k] for k in ("TENANTS_FILE", "PRICES_FILE", "LEDGER_URL") if k in env},
+            **forwarded_env(env)}
+
+
+def run(config_path: str, port: int | None, num_cpus: int | None, health_timeout_s: float,
+        metrics_port: int | None = None) -> int:
     import ray
     from ray import serve
 
@@ -84,7 +94,7 @@ def run(config_path: str, port: int | None, num_cpus: int | None, health_timeout
     try:
         _log("starting a local Ray head")
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
-                 runtime_env={"env_vars": {k: os.environ[k] for k in ("TENANTS_FILE", "PRICES_FILE", "LEDGER_URL") if k in os.environ}})
+                 _metrics_export_port=metrics_port, runtime_env={"env_vars": worker_env(os.environ)})
         serve.start(http_options={"host": host, "port": http_port}, proxy_location=config.get("proxy_location", "HeadOnly"))
         for app_spec in config["applications"]:
             _log(f"deploying application {app_spec['name']!r} from {config_path}")
@@ -93,11 +103,17 @@ def run(config_path: str, port: int | None, num_cpus: int | None, health_timeout
         base = f"http://{host}:{http_port}"
         _log(f"waiting for {base}/health")
         wait_for_health(f"{base}/health", health_timeout_s)
+        node = ray._private.worker.global_worker.node
+        metrics_url = f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics"
         info = {"base_url": f"{base}/v1", "health": f"{base}/health", "api_key": DEMO_KEY,
-                "ray_address": ray.get_runtime_context().gcs_address}
+                "ray_address": ray.get_runtime_context().gcs_address, "metrics_url": metrics_url}
+        traces = forwarded_env(os.environ).get("OTEL_EXPORTER_OTLP_ENDPOINT") or \
+            forwarded_env(os.environ).get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or "off (set OTEL_EXPORTER_OTLP_ENDPOINT)"
         print(f"\nServing Magistral router at {info['base_url']}\n"
               f"  demo API key: {DEMO_KEY}  (limits you can hit: sk-local-limited, 5 requests/min, 2 000 tokens/day)\n"
               f"  try: curl {base}/v1/models -H 'Authorization: Bearer {DEMO_KEY}'\n"
+              f"  metrics (this node's Ray metrics agent, Prometheus format): {metrics_url}\n"
+              f"  traces (OTLP): {traces}\n"
               "  Ctrl-C stops Serve and the local Ray head.\n", flush=True)
         print("READY " + json.dumps(info), flush=True)
         while True:
@@ -125,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's)")
     run_p.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
     run_p.add_argument("--health-timeout", type=float, default=180.0, help="seconds to wait for /health")
+    run_p.add_argument("--metrics-port", type=int, default=None,
+                       help="port of this node's Prometheus metrics endpoint (default: Ray picks one)")
     args = parser.parse_args(argv)
     try:
-        return run(args.config, args.port, args.num_cpus, args.health_timeout)
+        return run(args.config, args.port, args.num_cpus, args.health_timeout, args.metrics_port)
     except (FileNotFoundError, TimeoutError, ValueError) as exc:
         print(f"[cluster.local] error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -37,6 +37,9 @@ class GenerateRequest:
     max_tokens: int | None = None  # None: context_limit - prompt_tokens
     stop: list[str] = field(default_factory=list)
     sampling: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, seed
+    model: str = ""  # the served model id (span names and attributes)
+    request_key: str = ""  # the ingress's unique key for this request (its ledger row)
+    trace_context: dict[str, str] = field(default_factory=dict)  # W3C traceparent of the routing span
 
     @property
     def work_tokens(self) -> int:

@@ -20,6 +20,9 @@ from deployments.reasoning_split import RawText, ThinkSplitter
 from deployments.replica_load import ReplicaIdentity, ReplicaLoadTracker
 from deployments.stop_strings import StopMatcher
 from deployments.stub_text import last_user_text, stub_completion_text
+from router.telemetry.metrics import ReplicaMetrics
+from router.telemetry.otel_setup import configure_tracing
+from router.telemetry.replica_span import GenerationSpan
 from router.tokens import TekkenCounter
 
 
@@ -38,6 +41,8 @@ class StubReplica:
         self._decode_s = float(decode_ms_per_token) / 1000.0
         self._counter = TekkenCounter(tokenizer_path)
         self._load = ReplicaLoadTracker()
+        self._tracer = configure_tracing(f"replica:{pool}")
+        self._metrics = ReplicaMetrics(pool, accelerator)
 
     def _count(self, request: GenerateRequest) -> int:
         if request.prompt_tokens is not None:
@@ -47,17 +52,21 @@ class StubReplica:
         return self._counter.count_text(request.prompt or "")
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[dict]:
+        span = GenerationSpan(self._tracer, request, self._id.as_dict())
         prompt_tokens = self._count(request)
         room = request.context_limit - prompt_tokens
         max_tokens = room if request.max_tokens is None else request.max_tokens
         if room < 1 or max_tokens > room:
             # Like an engine: refuse what does not fit rather than clamp (the router must have).
-            yield error_event(status=400, message=f"{prompt_tokens} prompt + {max_tokens} completion tokens "
-                              f"exceed this pool's context of {request.context_limit}", param="max_tokens")
+            event = error_event(status=400, message=f"{prompt_tokens} prompt + {max_tokens} completion tokens "
+                                f"exceed this pool's context of {request.context_limit}", param="max_tokens")
+            span.observe(event)
+            span.end(cancelled=False)
+            yield event
             return
         work = request.work_tokens
         self._load.begin(work)
-        cancelled = True
+        cancelled, error = True, None
         try:
             yield start_event(**self._id.as_dict(), prompt_tokens=prompt_tokens, max_tokens=max_tokens)
             await asyncio.sleep(prompt_tokens / self._prefill_rate)
@@ -68,10 +77,15 @@ class StubReplica:
             )
             split = request.kind == "chat"  # text completions return the raw text
             async for event in self._decode(text, max_tokens, request.stop, prompt_tokens, split):
+                span.observe(event)
                 yield event
             cancelled = False
+        except Exception as exc:
+            error = exc
+            raise
         finally:
             self._load.end(work, cancelled=cancelled)
+            span.end(cancelled=cancelled, error=error)
 
     async def _decode(
         self, text: str, max_tokens: int, stops: list[str], prompt_tokens: int, split: bool
@@ -112,7 +126,10 @@ class StubReplica:
         )
 
     def record_routing_stats(self) -> dict:
-        return {**self._id.as_dict(), **self._load.routing_stats()}
+        """Serve calls this every stats period: the load gauges are refreshed with it."""
+        stats = {**self._id.as_dict(), **self._load.routing_stats()}
+        self._metrics.update(stats)
+        return stats
 
     def stats(self) -> dict:
         """For tests and operators: what this replica holds and has done."""

@@ -11,9 +11,11 @@ engine's running / waiting requests and KV-cache usage, pool, accelerator and no
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ray.llm._internal.serve.core.protocol import RawRequestInfo  # private in ray 2.60 (pinned)
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
@@ -21,6 +23,9 @@ from deployments.protocol import GenerateRequest, delta_event, end_event, error_
 from deployments.replica_load import ReplicaIdentity, ReplicaLoadTracker
 from deployments.vllm_config import llm_config_kwargs
 from router.config import AppConfig, PoolConfig
+from router.telemetry.metrics import ReplicaMetrics
+from router.telemetry.otel_setup import configure_tracing, engine_traces_endpoint, otlp_protocol
+from router.telemetry.replica_span import GenerationSpan
 
 
 class _LatestSchedulerStats:
@@ -113,6 +118,15 @@ class MagistralLLMServer(LLMServer):
         self._model_id = llm_config.model_id
         self._load = ReplicaLoadTracker()
         self._sched = _LatestSchedulerStats()
+        # Ours first: vLLM then finds a global TracerProvider set and its llm_request spans go
+        # through our exporter, as children of the span whose context we pass as trace headers.
+        self._tracer = configure_tracing(f"replica:{pool}")
+        self._metrics = ReplicaMetrics(pool, accelerator)
+        endpoint = engine_traces_endpoint(os.environ)
+        if endpoint and "otlp_traces_endpoint" not in llm_config.engine_kwargs:
+            llm_config.engine_kwargs["otlp_traces_endpoint"] = endpoint
+            # vLLM picks its exporter by this variable alone (grpc when unset).
+            os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", otlp_protocol(os.environ))
         await super().__init__(llm_config, **kwargs)  # starts the engine
         # `engine._engine_client` is vLLM's AsyncLLM (private in ray 2.60, which is pinned).
         self._client = self.engine._engine_client
@@ -135,25 +149,32 @@ class MagistralLLMServer(LLMServer):
         return self.completions, CompletionRequest(prompt=request.prompt, **common)
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[dict]:
+        span = GenerationSpan(self._tracer, request, self._id.as_dict())
         try:
             method, engine_request = self._engine_request(request)
         except ValueError as exc:  # pydantic's ValidationError too: vLLM refuses a field's value
-            yield error_event(status=400, message=f"Invalid request: {_summary(exc)}")
+            event = error_event(status=400, message=f"Invalid request: {_summary(exc)}")
+            span.observe(event)
+            span.end(cancelled=False)
+            yield event
             return
         work = request.work_tokens
         self._load.begin(work)
-        cancelled = True
+        cancelled, failure = True, None
         usage = _Usage()
+        # vLLM reads W3C trace headers from the request: its llm_request span becomes our child.
+        raw_request = RawRequestInfo(headers=span.child_carrier())
         try:
             yield start_event(**self._id.as_dict(), prompt_tokens=request.prompt_tokens,
                               max_tokens=request.max_tokens)
             # Cancelling this generator (the router does when its client goes away) cancels the
             # engine stream, and vLLM aborts the request.
-            async for batch in await method(engine_request):
+            async for batch in await method(engine_request, raw_request):
                 payloads = [batch.model_dump()] if hasattr(batch, "model_dump") else _sse_payloads(batch)
                 for payload in payloads:
                     error = _error(payload)
                     if error is not None:
+                        span.observe(error)
                         yield error
                         cancelled = False
                         return
@@ -163,15 +184,24 @@ class MagistralLLMServer(LLMServer):
                         if event["reasoning"] or event["content"] or event["tool_calls"]:
                             event.update(completion_tokens=usage.completion, reasoning_tokens=usage.reasoning,
                                          prompt_tokens=usage.prompt or None)
+                            span.observe(event)
                             yield event
-            yield usage.end()
+            end = usage.end()
+            span.observe(end)
+            yield end
             cancelled = False
+        except Exception as exc:
+            failure = exc
+            raise
         finally:
             self._load.end(work, cancelled=cancelled, generated=usage.completion)
+            span.end(cancelled=cancelled, generated=None if not cancelled else usage.completion, error=failure)
 
     async def record_routing_stats(self) -> dict[str, Any]:
         base = await super().record_routing_stats() or {}
-        return {**base, **self._id.as_dict(), **self._load.routing_stats(), **self._engine_stats()}
+        stats = {**base, **self._id.as_dict(), **self._load.routing_stats(), **self._engine_stats()}
+        self._metrics.update(stats)  # Serve calls this every stats period: gauges stay fresh
+        return stats
 
     def _engine_stats(self) -> dict[str, Any]:
         return {

@@ -12,6 +12,7 @@ from deployments.stub_replica import StubReplica
 from router.config import AppConfig
 from router.ingress import RouterIngress
 from router.request_router import TokenLoadRouter
+from router.telemetry.otel_setup import check_tracing_env
 from router.tenancy.directory import TenantDirectory, read_yaml
 from router.tenancy.pricing import PriceTable
 
@@ -34,6 +35,7 @@ def _read(path: str) -> str:
 
 
 def build_app(args: dict[str, Any]) -> Application:
+    check_tracing_env(os.environ)  # a bad OTEL_* setting fails the deploy, not every replica
     config = AppConfig.from_args(args)
     config = config.model_copy(update={
         "tokenizer_path": _absolute(config.tokenizer_path),

@@ -39,6 +39,11 @@ def score(load: ReplicaLoad, metric: Metric = "tokens") -> tuple[int, ...]:
     return (load.requests,)
 
 
+def ranked(loads: Iterable[ReplicaLoad], metric: Metric = "tokens") -> list[ReplicaLoad]:
+    """Least loaded first (stable on id so equal loads keep a fixed order)."""
+    return sorted(loads, key=lambda l: (score(l, metric), l.replica_id))
+
+
 def rank(loads: Iterable[ReplicaLoad], metric: Metric = "tokens") -> list[str]:
-    """Replica ids, least loaded first (stable on id so equal loads keep a fixed order)."""
-    return [l.replica_id for l in sorted(loads, key=lambda l: (score(l, metric), l.replica_id))]
+    """Replica ids, least loaded first."""
+    return [l.replica_id for l in ranked(loads, metric)]

@@ -107,6 +107,9 @@ class AppConfig(BaseModel):
     tenants_reload_s: float = Field(2.0, gt=0)  # edits to the tenants / prices files apply within this
     reservation_ttl_s: float = Field(15.0, ge=1)  # a dead ingress's reservations are dropped after ~this
     router_replicas: int = Field(1, ge=1)
+    # Prompt and completion text in spans (gen_ai.input.messages / gen_ai.output.messages). Off:
+    # traces then hold counts and decisions only, never what a tenant wrote.
+    trace_content: bool = False
     # Magistral's recommended sampling, applied when a request leaves a value out.
     default_sampling: dict[str, float] = Field(default_factory=lambda: {"temperature": 0.7, "top_p": 0.95})
     # The model's SYSTEM_PROMPT.txt, sent as the system message when a request has none. Read

@@ -20,7 +20,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.protocol import END, ERROR, START, GenerateRequest
+from deployments.protocol import DELTA, END, ERROR, START, GenerateRequest
 from router import errors
 from router.admission import Admission, admit
 from router.api_models import ChatCompletionRequest, CompletionRequest
@@ -33,6 +33,13 @@ from router.pools import PoolLimits
 from router.tenancy.directory import Tenant
 from router.tenancy.gate import CANCELLED, FAILED, Meter, TenancyGate, TenancySettings, cost_header
 from router.tenancy.store import RequestInfo
+from router.telemetry import attributes as A
+from router.telemetry.asgi import IngressTelemetry, TelemetryMiddleware, request_trace
+from router.telemetry.metrics import IngressMetrics
+from router.telemetry.otel_setup import configure_tracing
+from router.telemetry.request_trace import RequestTrace
+from router.telemetry.span_attributes import (admission_attributes, messages_attribute, quota_attributes,
+                                              routing_attributes)
 from router.tenancy.usage_report import UsageQuery, report
 from router.tokens import PromptInvalid, TekkenCounter, chat_upper_bound, text_upper_bound
 
@@ -44,6 +51,7 @@ _COUNT_IN_THREAD_ABOVE_BYTES = 32_000
 _HEALTH_TIMEOUT_S = 2.0
 
 app = FastAPI(title="Magistral Small 2506 router", docs_url=None, redoc_url=None)
+app.add_middleware(TelemetryMiddleware)  # spans, x-trace-id and metrics for every request
 
 
 def _request_id(request: Request) -> str:
@@ -54,18 +62,21 @@ def _request_id(request: Request) -> str:
 
 @app.exception_handler(errors.APIError)
 async def _api_error(request: Request, exc: errors.APIError) -> JSONResponse:
+    rt = request_trace(request)
+    if rt is not None and exc.status < 500:  # a refusal, labelled by its code in metrics
+        rt.record.refusal = exc.code or exc.type
     return exc.response()
 
 
 @app.exception_handler(RequestValidationError)
 async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return errors.validation_error(list(exc.errors())).response()
+    return await _api_error(request, errors.validation_error(list(exc.errors())))
 
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = "not_found" if exc.status_code == 404 else None
-    return errors.APIError(exc.status_code, str(exc.detail), code=code).response()
+    return await _api_error(request, errors.APIError(exc.status_code, str(exc.detail), code=code))
 
 
 @app.exception_handler(Exception)
@@ -94,6 +105,9 @@ async def _tenant(request: Request) -> Tenant:
     tenant = request.app.state.gate.authenticate(_bearer_key(request))
     if tenant is None:
         raise errors.unauthorized()
+    rt = request_trace(request)
+    if rt is not None:
+        rt.record.tenant = tenant.name
     return tenant
 
 
@@ -112,6 +126,9 @@ class _ReleasingStream(StreamingResponse):
             self._release()
 
 
+_OPERATIONS = {"chat": "chat", "completion": "text_completion"}
+
+
 def _job(request_id: str, kind: str, admission: Admission, body, sampling_defaults, **prompt) -> GenerateRequest:
     """The replica's request: the prompt plus what admission decided."""
     return GenerateRequest(
@@ -122,11 +139,27 @@ def _job(request_id: str, kind: str, admission: Admission, body, sampling_defaul
     )
 
 
+def _request_attributes(kind: str, request_id: str, body, model_id: str) -> dict:
+    attributes = {A.OPERATION: _OPERATIONS[kind], A.PROVIDER: A.PROVIDER_MISTRAL, A.REQUEST_MODEL: body.model,
+                  A.RESPONSE_MODEL: model_id, A.REQUEST_STREAM: body.stream, A.REQUEST_ID: request_id}
+    if body.requested_max_tokens() is not None:
+        attributes[A.REQUEST_MAX_TOKENS] = body.requested_max_tokens()
+    for name, value in body.sampling().items():
+        if name == "temperature":
+            attributes[A.REQUEST_TEMPERATURE] = value
+        elif name == "top_p":
+            attributes[A.REQUEST_TOP_P] = value
+    return attributes
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
 @serve.ingress(app)
 class RouterIngress:
     def __init__(self, config: dict, pools: dict[str, DeploymentHandle]):
         self._config = AppConfig.model_validate(config)
+        self._telemetry = IngressTelemetry(configure_tracing("ingress"), IngressMetrics(),
+                                           self._config.trace_content)
+        app.state.telemetry = self._telemetry  # read by TelemetryMiddleware
         self._gate = TenancyGate(TenancySettings(
             tenants_file=self._config.tenants_file, prices_file=self._config.prices_file,
             ledger_url=self._config.ledger_url, reload_s=self._config.tenants_reload_s,
@@ -166,29 +199,36 @@ class RouterIngress:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, body: ChatCompletionRequest, request: Request, tenant: Tenant = Depends(_tenant)):
-        request_id = self._begin(request, body.model)
+        request_id, rt = self._begin(request, body, "chat")
         messages = with_system_prompt(body.message_dicts(), self._config.system_prompt)
         tools = body.tools
-        admission = await self._admit(
-            tenant, chat_upper_bound(messages, tools), lambda: self._counter.count_chat(messages, tools),
-            body.requested_max_tokens(),
-        )
-        if admission.prompt_tokens is None:  # not counted: still refuse what the template rejects
-            self._guard_prompt(lambda: self._counter.validate_chat(messages, tools))
-        job = _job(request_id, "chat", admission, body, self._config.default_sampling,
-                   messages=messages, tools=tools, tool_choice=body.tool_choice,
-                   response_format=body.response_format)
-        return await self._serve(job, admission, ResponseWriter("chat", f"chatcmpl-{request_id}", body.model), body, tenant)
+        if rt.capture_content:
+            rt.set({A.INPUT_MESSAGES: messages_attribute(messages, None)})
+
+        def job(admission: Admission) -> GenerateRequest:
+            if admission.prompt_tokens is None:  # not counted: still refuse what the template rejects
+                self._guard_prompt(lambda: self._counter.validate_chat(messages, tools))
+            return _job(request_id, "chat", admission, body, self._config.default_sampling,
+                        messages=messages, tools=tools, tool_choice=body.tool_choice,
+                        response_format=body.response_format)
+
+        admitted = await self._admit(rt, tenant, body, chat_upper_bound(messages, tools),
+                                     lambda: self._counter.count_chat(messages, tools), job)
+        return await self._serve(*admitted, ResponseWriter("chat", f"chatcmpl-{request_id}", body.model), body, rt)
 
     @app.post("/v1/completions")
     async def completions(self, body: CompletionRequest, request: Request, tenant: Tenant = Depends(_tenant)):
-        request_id = self._begin(request, body.model)
+        request_id, rt = self._begin(request, body, "completion")
         prompt = body.prompt_text()
-        admission = await self._admit(
-            tenant, text_upper_bound(prompt), lambda: self._counter.count_text(prompt), body.requested_max_tokens()
-        )
-        job = _job(request_id, "completion", admission, body, self._config.default_sampling, prompt=prompt)
-        return await self._serve(job, admission, ResponseWriter("completion", f"cmpl-{request_id}", body.model), body, tenant)
+        if rt.capture_content:
+            rt.set({A.INPUT_MESSAGES: messages_attribute(None, prompt)})
+
+        def job(admission: Admission) -> GenerateRequest:
+            return _job(request_id, "completion", admission, body, self._config.default_sampling, prompt=prompt)
+
+        admitted = await self._admit(rt, tenant, body, text_upper_bound(prompt),
+                                     lambda: self._counter.count_text(prompt), job)
+        return await self._serve(*admitted, ResponseWriter("completion", f"cmpl-{request_id}", body.model), body, rt)
 
     @app.get("/v1/usage")
     async def usage(self, request: Request, tenant: Tenant = Depends(_tenant)) -> dict:
@@ -198,10 +238,16 @@ class RouterIngress:
         return report(query, totals, rows)
 
     # ---- steps --------------------------------------------------------------------------
-    def _begin(self, request: Request, model: str) -> str:
-        """Checks every generation route makes first (after auth); returns the request id."""
-        self._check_model(model)
-        return _request_id(request)
+    def _begin(self, request: Request, body, kind: str) -> tuple[str, RequestTrace]:
+        """Checks every generation route makes first (after auth); returns the request id and
+        the request's trace (opened by TelemetryMiddleware)."""
+        self._check_model(body.model)
+        request_id = _request_id(request)
+        rt = request_trace(request)
+        if rt.span.is_recording():
+            rt.set(_request_attributes(kind, request_id, body, self._config.model_id))
+        rt.record.stream = body.stream
+        return request_id, rt
 
     def _check_model(self, model: str) -> None:
         if model not in self._model_ids:
@@ -214,9 +260,31 @@ class RouterIngress:
                                   type="permission_denied", code="no_allowed_pool")
         return pools
 
-    async def _admit(self, tenant: Tenant, bound: int | None, count, max_tokens: int | None) -> Admission:
+    async def _admit(self, rt: RequestTrace, tenant: Tenant, body, bound: int | None, count, make_job):
+        """Admission, in one span: exact count (when needed), cap, pool choice, then the tenant's
+        quota. Returns the replica request, the decision and the quota meter."""
+        with rt.step("admission") as span:
+            admission = await self._decide(tenant, bound, count, body.requested_max_tokens(), rt)
+            rt.record.pool, rt.record.routing_reason = admission.pool, admission.choice.kind
+            if span.is_recording():
+                span.set_attributes(admission_attributes(admission, self._config.context_cap))
+            job = make_job(admission)
+            try:
+                meter = await self._reserve(job, admission, tenant, body.model, body.requested_max_tokens(), rt)
+            except errors.APIError as exc:
+                span.set_attributes({A.QUOTA_DECISION: "refuse" if exc.status == 429 else "unavailable",
+                                     **({A.QUOTA_LIMIT: exc.limit} if exc.limit else {})})
+                raise
+            rt.meter = meter
+            if span.is_recording():
+                span.set_attributes(quota_attributes(meter.grant))
+        return job, admission, meter
+
+    async def _decide(self, tenant: Tenant, bound: int | None, count, max_tokens: int | None,
+                      rt: RequestTrace) -> Admission:
         pools = self._pools_for(tenant)
         outstanding = self._pool_load.snapshot_tokens()  # read on the loop, not in the thread
+        rt.pool_load = outstanding
         # A request that leaves max_tokens to the context may be clamped to what the tenant's
         # token or money limits allow: that needs the exact prompt, not its byte bound.
         if max_tokens is None and tenant.limits.bounds_tokens:
@@ -245,10 +313,12 @@ class RouterIngress:
             raise errors.APIError(400, f"Invalid messages: {exc}", param="messages", code="invalid_messages") from exc
 
     async def _reserve(self, job: GenerateRequest, admission: Admission, tenant: Tenant, model: str,
-                       requested_max_tokens: int | None, request_key: str) -> Meter:
+                       requested_max_tokens: int | None, rt: RequestTrace) -> Meter:
         """Reserve the request's worst case; a clamp by the tenant's limits lowers max_tokens."""
-        info = RequestInfo(request_key, tenant.name, client_request_id=job.request_id, route=job.kind,
-                           model=model, pool=admission.pool)
+        job.request_key = uuid.uuid4().hex  # client-chosen request ids may repeat; this may not
+        job.model = self._config.model_id
+        info = RequestInfo(job.request_key, tenant.name, client_request_id=job.request_id, route=job.kind,
+                           model=model, pool=admission.pool, trace_id=rt.trace_id)
         prompt = admission.prompt_tokens_bound  # the exact count when it was counted
         worst = admission.max_tokens if admission.max_tokens is not None else admission.context_limit - prompt
         meter = await self._gate.reserve(tenant, info, prompt_tokens=prompt, max_tokens=worst,
@@ -257,42 +327,48 @@ class RouterIngress:
             job.max_tokens = meter.max_tokens
         return meter
 
-    async def _serve(self, job: GenerateRequest, admission: Admission, writer: ResponseWriter, body, tenant: Tenant):
-        pool = admission.pool
-        request_key = uuid.uuid4().hex  # client-chosen request ids may repeat; this may not
-        meter = await self._reserve(job, admission, tenant, body.model, body.requested_max_tokens(), request_key)
+    async def _serve(self, job: GenerateRequest, admission: Admission, meter: Meter, writer: ResponseWriter, body,
+                     rt: RequestTrace):
+        pool, request_key = admission.pool, job.request_key
         self._pool_load.add(pool, request_key, job.work_tokens)
+        route_span, job.trace_context = rt.start_routing(
+            request_key, routing_attributes(admission, rt.pool_load) if rt.span.is_recording() else {})
         events = None
         release = lambda: self._release(request_key, events)  # noqa: E731 - sees `events` once set
         try:
             events = self._pools[pool].options(stream=True).generate.remote(job)
             start = await events.__anext__()
         except Exception as exc:
+            rt.routed(request_key, route_span, None, exc)
             release()
             self._gate.settle_soon(meter, FAILED, f"pool {pool} could not take the request", generated=False)
             logger.exception("pool %s failed to start request %s", pool, job.request_id)
             raise errors.unavailable(f"Pool '{pool}' could not take the request; retry shortly.") from exc
-        except BaseException:  # cancelled: the client went away
+        except BaseException as exc:  # cancelled: the client went away
+            rt.routed(request_key, route_span, None, exc)
             release()
             self._gate.settle_soon(meter, CANCELLED, generated=False)
             raise
+        rt.routed(request_key, route_span, start)
         if start["event"] == ERROR:
             release()
             self._gate.settle_soon(meter, FAILED, start["message"], generated=False)
             raise _engine_error(start)
         assert start["event"] == START, start
         meter.observe(start)
+        rt.placed(start)
         # x-request-id is added to every response by Serve's proxy (see _request_id).
         headers = {"x-pool": pool, "x-replica": start["replica"], **meter.rate_headers}
         if not body.stream:
-            return await self._whole(events, release, meter, writer, headers)
+            return await self._whole(events, release, meter, writer, headers, rt)
         return _ReleasingStream(
-            self._sse(job, events, writer, body, meter),
+            self._sse(job, events, writer, body, meter, rt),
             release=lambda: (release(), self._gate.settle_soon(meter, CANCELLED)),
             media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"},
         )
 
-    async def _whole(self, events, release, meter: Meter, writer: ResponseWriter, headers: dict) -> JSONResponse:
+    async def _whole(self, events, release, meter: Meter, writer: ResponseWriter, headers: dict,
+                     rt: RequestTrace) -> JSONResponse:
         """A non-streamed answer: gather every event, settle, then answer with the cost."""
         collected = Collected()
         try:
@@ -301,6 +377,8 @@ class RouterIngress:
                     self._gate.settle_soon(meter, FAILED, event["message"], generated=False)
                     raise _engine_error(event)
                 meter.observe(event)
+                if event["event"] == DELTA:
+                    rt.delta(event)
                 collected.add(event)
         except errors.APIError:
             raise
@@ -316,7 +394,8 @@ class RouterIngress:
         cost = await self._gate.settle(meter)
         return JSONResponse(writer.full(collected, cost), headers={**headers, **cost_header(cost)})
 
-    async def _sse(self, job: GenerateRequest, events, writer: ResponseWriter, body, meter: Meter) -> AsyncIterator[bytes]:
+    async def _sse(self, job: GenerateRequest, events, writer: ResponseWriter, body, meter: Meter,
+                   rt: RequestTrace) -> AsyncIterator[bytes]:
         """The SSE body; _ReleasingStream releases the request however the stream ends. A delta is
         counted once the client has taken it (the generator resumes after the send)."""
         try:
@@ -325,6 +404,7 @@ class RouterIngress:
                 if event["event"] == ERROR:  # headers are out: report in-band and stop
                     # Billed only if some of the answer was delivered (plus its prompt).
                     await self._gate.settle(meter, FAILED, event["message"], generated=meter.completion_tokens > 0)
+                    rt.in_band_error(_engine_error(event).status)
                     yield sse(_engine_error(event).body())
                     break
                 if event["event"] == END:
@@ -337,10 +417,12 @@ class RouterIngress:
                 # With continuous usage stats the chunk states what the client is billed once it has it.
                 yield sse(writer.chunk(event, usage=meter.usage_with(event) if body.continuous_usage else None))
                 meter.observe(event)
+                rt.delta(event)
             yield sse("[DONE]")
         except Exception:  # headers are sent: report in-band, as OpenAI does, and end the stream
             logger.exception("stream %s failed", job.request_id)
             await self._gate.settle(meter, FAILED, "replica failed mid-stream", generated=meter.completion_tokens > 0)
+            rt.in_band_error(500)
             yield sse(errors.server_error(job.request_id).body())
 
     def _release(self, load_key: str, events) -> None:

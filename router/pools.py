@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from router.context_cap import ContextLengthExceeded
 
 
+PREFERRED, SPILLED, ALL_SATURATED = "preferred", "spilled", "all_saturated"
+
+
 @dataclass(frozen=True)
 class PoolLimits:
     name: str
@@ -37,6 +40,7 @@ class PoolChoice:
     pool: PoolLimits
     reason: str  # one line for logs and trace spans
     candidates: tuple[str, ...]  # pools that could hold the request, preferred first
+    kind: str = PREFERRED  # PREFERRED | SPILLED | ALL_SATURATED (a metric label)
 
 
 def largest_context(pools: Sequence[PoolLimits], cap: int) -> int:
@@ -83,5 +87,6 @@ def choose_pool(
                 f"({outstanding_tokens.get(preferred.name, 0)} >= "
                 f"{preferred.spill_at_outstanding_tokens} outstanding tokens)",
                 names,
+                SPILLED,
             )
-    return PoolChoice(preferred, f"{preferred.name}: every pool that holds it is saturated", names)
+    return PoolChoice(preferred, f"{preferred.name}: every pool that holds it is saturated", names, ALL_SATURATED)

@@ -18,11 +18,11 @@ from typing import Any
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from deployments.protocol import STAT_ONGOING_REQUESTS, STAT_QUEUED_TOKENS
-from router.balancing import Metric, ReplicaLoad, rank
+from router.balancing import Metric, ReplicaLoad, ranked
 from router.inflight import InFlight
+from router.telemetry import routing_spans
 
 logger = logging.getLogger("ray.serve")
-
 
 
 def request_work_tokens(pending_request: PendingRequest | None) -> int:
@@ -58,9 +58,12 @@ class TokenLoadRouter(RequestRouter):
         if not candidate_replicas:
             return []
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        order = rank((self._load(r) for r in candidate_replicas), self._metric)
+        loads = ranked((self._load(r) for r in candidate_replicas), self._metric)
+        order = [load.replica_id for load in loads]
         if pending_request is not None:
             self._book(pending_request, order, candidate_replicas)
+            if pending_request.args:  # the ingress's routing span shows the ranking and scores
+                routing_spans.note_ranking(getattr(pending_request.args[0], "request_key", ""), loads)
         return [[by_id[rid]] for rid in order]
 
     def _book(self, pending_request: PendingRequest, order: list[str], candidates: list[RunningReplica]) -> None:

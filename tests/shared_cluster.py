@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.otlp_receiver import OTLPReceiver
 from tests.processes import alive, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +44,16 @@ def _descendants(pid: int) -> set[int]:
 
 
 @pytest.fixture(scope="session")
-def local_cluster(tmp_path_factory):
+def otlp_receiver():
+    """The OTLP/HTTP receiver every process of the session's cluster exports its spans to."""
+    with OTLPReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory, otlp_receiver):
     port = free_port()
+    metrics_port = free_port()
     workdir = tmp_path_factory.mktemp("cluster")
     log_path = workdir / "launcher.log"
     # A ledger of this test session's own: a budget spent by an earlier run must not refuse ours.
@@ -52,9 +61,13 @@ def local_cluster(tmp_path_factory):
     log = open(log_path, "w")
     proc = subprocess.Popen(
         # 4 logical CPUs: a vLLM CPU replica (tests/integration) reserves 2.
-        [sys.executable, "-m", "cluster.local", "run", "configs/local.yaml", "--port", str(port), "--num-cpus", "4"],
+        [sys.executable, "-m", "cluster.local", "run", "configs/local.yaml", "--port", str(port), "--num-cpus", "4",
+         "--metrics-port", str(metrics_port)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        env={**os.environ, "LEDGER_URL": ledger_url},
+        # Tracing is set up by the standard variables only, as a user would; spans leave in
+        # batches every 200 ms instead of 5 s so tests see them soon.
+        env={**os.environ, "LEDGER_URL": ledger_url, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
+             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "200"},
     )
     ready: dict = {}
     got_ready = threading.Event()

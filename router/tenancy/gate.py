@@ -40,6 +40,8 @@ class Meter:
         self.identity: dict = {}
         self.settling: asyncio.Future | None = None
         self.cost: Decimal | None = None
+        self.status: str | None = None  # how it was settled (completed, cancelled, failed)
+        self.billed: tuple[int, int, int] = (0, 0, 0)  # prompt, completion, reasoning tokens
 
     @property
     def max_tokens(self) -> int:
@@ -77,6 +79,7 @@ class Meter:
         prompt, completion, reasoning = (self.prompt_tokens, self.completion_tokens, self.reasoning_tokens) \
             if generated else (0, 0, 0)
         self.cost = self.prices.cost(prompt, completion, reasoning)
+        self.status, self.billed = status, (prompt, completion, reasoning)
         return Outcome(status, prompt, completion, reasoning, self.cost, error=error and error[:512],
                        replica=self.identity.get("replica"), node_id=self.identity.get("node_id"),
                        accelerator=self.identity.get("accelerator"))
@@ -232,9 +235,10 @@ def refusal_error(refusal: Refusal) -> errors.APIError:
     """OpenAI's 429s: `rate_limit_exceeded` (type requests/tokens) or `insufficient_quota`."""
     headers = {"retry-after": str(refusal.retry_after_s), **refusal.headers.as_headers()}
     if refusal.code == OUT_OF_BUDGET:
-        return errors.APIError(429, refusal.message, type="insufficient_quota", code=OUT_OF_BUDGET, headers=headers)
+        return errors.APIError(429, refusal.message, type="insufficient_quota", code=OUT_OF_BUDGET, headers=headers,
+                               limit=refusal.limit)
     kind = "tokens" if refusal.limit == "tokens_per_minute" else "requests"
-    return errors.APIError(429, refusal.message, type=kind, code=refusal.code, headers=headers)
+    return errors.APIError(429, refusal.message, type=kind, code=refusal.code, headers=headers, limit=refusal.limit)
 
 
 def cost_header(cost: Decimal | None) -> dict[str, str]:

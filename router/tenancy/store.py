@@ -137,6 +137,7 @@ class RequestInfo:
     model: str | None = None
     pool: str | None = None
     started_at: datetime | None = None
+    trace_id: str | None = None  # the request's OpenTelemetry trace: a bill line leads to it
 
     def __post_init__(self) -> None:
         # The client's x-request-id may be of any length; the column keeps the first 256 characters.
@@ -157,7 +158,6 @@ class Outcome:
     node_id: str | None = None
     accelerator: str | None = None
     error: str | None = None
-    trace_id: str | None = None
 
 
 def normalise_url(url: str) -> str:

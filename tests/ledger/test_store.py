@@ -34,7 +34,7 @@ def ask(prompt: int, max_tokens: int, clampable: bool = False) -> Ask:
 
 def info(request_id: str, started_at: datetime = T0, tenant: str = TENANT, pool: str | None = "short") -> RequestInfo:
     return RequestInfo(request_id, tenant, client_request_id=f"client-{request_id}", route="chat",
-                       model="magistral-small", pool=pool, started_at=started_at)
+                       model="magistral-small", pool=pool, started_at=started_at, trace_id=f"trace-{request_id}")
 
 
 def done(prompt: int, completion: int, cost: Decimal, reasoning: int = 0, status: str = COMPLETED) -> Outcome:
@@ -106,7 +106,7 @@ def test_reserve_then_settle_writes_one_row_and_counts(store, request):
         "model": "magistral-small", "pool": "short", "replica": "replica-1", "node_id": "node-1",
         "accelerator": "cpu", "prompt_tokens": 100, "completion_tokens": 40, "reasoning_tokens": 10,
         "cost_usd": cost, "status": COMPLETED, "error": None, "started_at": T0, "finished_at": finished,
-        "trace_id": None,
+        "trace_id": "trace-req-1",
     }
     assert isinstance(written["cost_usd"], Decimal) and str(written["cost_usd"].normalize()) == "1.23456E-7"
     assert written["started_at"].tzinfo is not None

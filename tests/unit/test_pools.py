@@ -1,7 +1,7 @@
 import pytest
 
 from router.context_cap import ContextLengthExceeded
-from router.pools import PoolLimits, choose_pool
+from router.pools import ALL_SATURATED, PREFERRED, SPILLED, PoolLimits, choose_pool
 
 CAP = 40_960
 SHORT = PoolLimits("short", max_model_len=16_384, max_prompt_tokens=8_192, spill_at_outstanding_tokens=1_000)
@@ -31,6 +31,7 @@ def test_saturated_preferred_pool_spills_to_larger_pool():
     choice = choose_pool(100, 50, POOLS, {"short": 1_000}, CAP)
     assert choice.pool.name == "long"
     assert "spilled" in choice.reason and "short saturated" in choice.reason
+    assert choice.kind == SPILLED
 
 
 def test_never_spills_to_a_pool_that_cannot_hold_the_context():
@@ -41,7 +42,12 @@ def test_never_spills_to_a_pool_that_cannot_hold_the_context():
 
 
 def test_all_saturated_queues_at_preferred_pool():
-    assert pick(100, load={"short": 10**6, "long": 10**6}) == "short"
+    choice = choose_pool(100, None, POOLS, {"short": 10**6, "long": 10**6}, CAP)
+    assert (choice.pool.name, choice.kind) == ("short", ALL_SATURATED)
+
+
+def test_unsaturated_preferred_pool_is_labelled_preferred():
+    assert choose_pool(100, None, POOLS, {"short": 999}, CAP).kind == PREFERRED
 
 
 def test_no_pool_holds_the_request():

@@ -1,0 +1,74 @@
+"""ASGI middleware: one RequestTrace per HTTP request of the ingress.
+
+Opens the SERVER span (continuing the client's traceparent), makes it current while the app runs,
+adds `x-trace-id` to the response headers, and finishes the trace once the response is over,
+the whole stream included, or the client gone. The tracer, the metrics and the content flag come
+from `app.state.telemetry` (an IngressTelemetry, set by the ingress replica).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+
+from router.telemetry.request_trace import RequestTrace, start_request_trace
+
+TRACE_HEADER = b"x-trace-id"
+UNTRACED_PATHS = ("/health",)  # load-balancer probes: no spans, no metrics
+
+
+@dataclass
+class IngressTelemetry:
+    tracer: trace.Tracer
+    metrics: object  # has record(points); router/telemetry/metrics.py
+    capture_content: bool = False
+
+
+def request_trace(request) -> RequestTrace | None:
+    """The RequestTrace of a Starlette request (None when telemetry is not set up)."""
+    return getattr(request.state, "trace", None)
+
+
+def _headers(scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()}
+
+
+class TelemetryMiddleware:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        telemetry: IngressTelemetry | None = getattr(scope.get("app").state, "telemetry", None) \
+            if scope["type"] == "http" and scope.get("app") is not None else None
+        path = scope.get("path", "")
+        if telemetry is None or path.removeprefix(scope.get("root_path", "")) in UNTRACED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        rt = start_request_trace(telemetry.tracer, telemetry.metrics, propagate.extract(_headers(scope)),
+                                 method, telemetry.capture_content)
+        scope.setdefault("state", {})["trace"] = rt
+        trace_header = (TRACE_HEADER, rt.trace_id.encode()) if rt.trace_id else None
+
+        async def send_with_trace_id(message):
+            if message["type"] == "http.response.start":
+                rt.record.http_status = message["status"]
+                if trace_header is not None:
+                    message = {**message, "headers": [*message.get("headers", ()), trace_header]}
+            await send(message)
+
+        token = otel_context.attach(rt.context)
+        error = None
+        try:
+            await self.app(scope, receive, send_with_trace_id)
+        except BaseException as exc:  # cancelled (client gone) or failed: the span still ends
+            error = exc
+            raise
+        finally:
+            otel_context.detach(token)
+            route = scope.get("route")
+            if route is not None and getattr(route, "path", None):
+                rt.matched(method, route.path)
+            rt.finish(error)

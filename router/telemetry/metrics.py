@@ -1,0 +1,89 @@
+"""Metrics through Ray's metrics system (ray.serve.metrics): every ingress and replica process
+reports to its node's metrics agent, which Prometheus scrapes beside Ray's and vLLM's own metrics.
+Serve adds the deployment, replica and application tags; sum over `replica` for a pool's or the
+service's total. Names below get Ray's `ray_` prefix on the endpoint (counters also `_total`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from router.telemetry.request_record import Point
+
+logger = logging.getLogger("ray.serve")
+
+# Seconds: a one-token stub answer takes ~10 ms; a long Magistral answer several minutes.
+LATENCY_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+TTFT_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+
+# key -> (kind, Ray metric name, tag keys, histogram boundaries)
+METRICS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
+    "requests": ("counter", "magistral_requests", ("tenant", "pool", "route", "status"), None),
+    "tokens": ("counter", "magistral_tokens", ("tenant", "pool", "type"), None),
+    "cost": ("counter", "magistral_cost_usd", ("tenant", "pool"), None),
+    "refusals": ("counter", "magistral_refusals", ("tenant", "pool", "reason"), None),
+    "routing": ("counter", "magistral_routing_decisions", ("pool", "reason"), None),
+    "latency": ("histogram", "magistral_request_latency_seconds", ("pool", "route", "stream", "status"),
+                LATENCY_BUCKETS_S),
+    "ttft": ("histogram", "magistral_time_to_first_token_seconds", ("pool", "route"), TTFT_BUCKETS_S),
+}
+DESCRIPTIONS = {
+    "requests": "Requests answered by the router, by how they ended (HTTP status; 499: client went away).",
+    "tokens": "Tokens billed (type: input, output, reasoning; reasoning is part of output).",
+    "cost": "US dollars billed.",
+    "refusals": "Requests refused with a 4xx, by error code.",
+    "routing": "Pool choices by reason: preferred, spilled, all_saturated.",
+    "latency": "Seconds from the request to its last byte.",
+    "ttft": "Seconds from the request to its first generated token.",
+}
+
+# Replica gauges, set from each replica's routing stats (every stats period, off the request path).
+REPLICA_GAUGES = {
+    "queued_tokens": ("magistral_replica_outstanding_tokens", "Prompt + expected completion tokens a replica holds."),
+    "ongoing_requests": ("magistral_replica_ongoing_requests", "Requests a replica holds."),
+    "engine_waiting": ("magistral_replica_waiting_requests", "Requests the engine has queued (vLLM)."),
+    "kv_cache_usage": ("magistral_replica_kv_cache_usage", "Fraction of the KV cache in use (vLLM)."),
+}
+
+
+class IngressMetrics:
+    """The ingress's metrics; create inside the Serve replica (the constructor)."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        self._metrics = {}
+        for key, (kind, name, tags, buckets) in METRICS.items():
+            if kind == "counter":
+                self._metrics[key] = metrics.Counter(name, description=DESCRIPTIONS[key], tag_keys=tags)
+            else:
+                self._metrics[key] = metrics.Histogram(name, description=DESCRIPTIONS[key], boundaries=buckets,
+                                                       tag_keys=tags)
+
+    def record(self, points: Iterable[Point]) -> None:
+        try:
+            for p in points:
+                metric = self._metrics[p.metric]
+                if METRICS[p.metric][0] == "counter":
+                    metric.inc(p.value, tags=p.tags)
+                else:
+                    metric.observe(p.value, tags=p.tags)
+        except Exception:  # noqa: BLE001 - a metric must never fail a request
+            logger.exception("recording metrics failed")
+
+
+class ReplicaMetrics:
+    """A replica's load gauges; create inside the Serve replica."""
+
+    def __init__(self, pool: str, accelerator: str) -> None:
+        from ray.serve import metrics
+
+        self._tags = {"pool": pool, "accelerator": accelerator}
+        self._gauges = {stat: metrics.Gauge(name, description=desc, tag_keys=("pool", "accelerator"))
+                        for stat, (name, desc) in REPLICA_GAUGES.items()}
+
+    def update(self, stats: dict) -> None:
+        for stat, gauge in self._gauges.items():
+            if stat in stats:
+                gauge.set(float(stats[stat]), tags=self._tags)
