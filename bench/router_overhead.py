@@ -1,6 +1,6 @@
 """What the router adds to a request's latency, side by side in one run.
 
-    .venv/bin/python bench/router_overhead.py [--requests 200]
+    .venv/bin/python bench/router_overhead.py [--requests 200] [--tracing both|off|on]
 
 Starts a local Ray head (owned by this process), deploys one stub pool with no emulated delay,
 and times the same one-token chat request four ways, sequentially:
@@ -11,7 +11,10 @@ and times the same one-token chat request four ways, sequentially:
                 choice, quota reservation and settlement in the ledger, TokenLoadRouter,
                 OpenAI body) -> pool
   router+count  the same with a ~2 000-token prompt, which the router must count exactly
-Prints p50 / p95 in ms; the router's own cost is `router - serve-http`.
+Prints p50 / p95 in ms; the router's own cost is `router - serve-http`. With `--tracing both`
+(the default) the whole measurement runs twice in one invocation, on a fresh Ray head each time:
+without OTEL_* variables (no spans recorded) and with every process exporting its spans over
+OTLP/HTTP to a receiver in this process (batched, as in production); it checks the spans arrived.
 """
 
 from __future__ import annotations
@@ -87,11 +90,7 @@ def time_http(content: str, n: int, prefix: str = "") -> list[float]:
     return samples
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=200)
-    n = parser.parse_args().requests
-
+def measure(n: int, worker_env: dict[str, str]) -> dict[str, list[float]]:
     import ray
     from ray import serve
 
@@ -103,7 +102,8 @@ def main() -> None:
     with open(prices, "w") as f:
         f.write('{"tiers": {"standard": {"fast": {"input": 0.5, "output": 1.5}}}}')
     args = {**ARGS, "prices_file": prices, "ledger_url": f"sqlite:///{folder}/ledger.db"}
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             runtime_env={"env_vars": worker_env})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
         serve.run(build_app(args), name="bench", route_prefix="/", blocking=False)
@@ -122,11 +122,33 @@ def main() -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
+    return results
+
+
+def report(title: str, n: int, results: dict[str, list[float]]) -> None:
     base = statistics.median(results["serve-http"]) * 1e3
-    print(f"{n} sequential one-token requests each")
+    print(f"\n{title}: {n} sequential one-token requests each")
     print(f"{'path':>13} {'p50 ms':>8} {'p95 ms':>8} {'p50 - serve-http p50':>21}")
     for name, samples in results.items():
         print(f"{name:>13} {pct(samples, 0.5):>8.2f} {pct(samples, 0.95):>8.2f} {pct(samples, 0.5) - base:>21.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--tracing", choices=("both", "off", "on"), default="both")
+    args = parser.parse_args()
+    n = args.requests
+    if args.tracing in ("both", "off"):
+        report("tracing off (no OTEL_* variables)", n, measure(n, {}))
+    if args.tracing in ("both", "on"):
+        from tests.otlp_receiver import OTLPReceiver
+
+        with OTLPReceiver() as receiver:
+            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "1000"}
+            results = measure(n, env)
+            time.sleep(2)
+            report(f"tracing on (OTLP/HTTP to {receiver.endpoint}, {len(receiver.spans)} spans received)", n, results)
 
 
 if __name__ == "__main__":

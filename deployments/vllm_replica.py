@@ -124,7 +124,10 @@ class MagistralLLMServer(LLMServer):
         self._metrics = ReplicaMetrics(pool, accelerator)
         endpoint = engine_traces_endpoint(os.environ)
         if endpoint and "otlp_traces_endpoint" not in llm_config.engine_kwargs:
-            llm_config.engine_kwargs["otlp_traces_endpoint"] = endpoint
+            # The engine config was computed (and cached) when the deployment was built, in the
+            # deployer's process: set the endpoint there too.
+            for kwargs in (llm_config.engine_kwargs, llm_config.get_engine_config().engine_kwargs):
+                kwargs["otlp_traces_endpoint"] = endpoint
             # vLLM picks its exporter by this variable alone (grpc when unset).
             os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", otlp_protocol(os.environ))
         await super().__init__(llm_config, **kwargs)  # starts the engine

@@ -34,7 +34,7 @@ from router.tenancy.directory import Tenant
 from router.tenancy.gate import CANCELLED, FAILED, Meter, TenancyGate, TenancySettings, cost_header
 from router.tenancy.store import RequestInfo
 from router.telemetry import attributes as A
-from router.telemetry.asgi import IngressTelemetry, TelemetryMiddleware, request_trace
+from router.telemetry.asgi import IngressTelemetry, TelemetryMiddleware, request_trace, trace_id_header
 from router.telemetry.metrics import IngressMetrics
 from router.telemetry.otel_setup import configure_tracing
 from router.telemetry.request_trace import RequestTrace
@@ -83,7 +83,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = _request_id(request)
     logger.exception("request %s failed", request_id)
-    return errors.server_error(request_id).response()
+    return errors.server_error(request_id).response(trace_id_header(request))
 
 
 def _engine_error(event: dict) -> errors.APIError:

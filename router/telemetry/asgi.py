@@ -31,6 +31,13 @@ def request_trace(request) -> RequestTrace | None:
     return getattr(request.state, "trace", None)
 
 
+def trace_id_header(request) -> dict[str, str]:
+    """`x-trace-id` for a response the middleware never sees: Starlette sends the answer of an
+    app-wide Exception handler from its outermost middleware, outside this one."""
+    rt = request_trace(request)
+    return {TRACE_HEADER.decode(): rt.trace_id} if rt is not None and rt.trace_id else {}
+
+
 def _headers(scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()}
 

@@ -239,3 +239,26 @@ def test_cancelled_stream_is_billed_what_the_engine_delivered(client, vllm_app):
     print(f"\nclient read {seen['completion_tokens']} tokens, billed {row['completion_tokens']}, "
           f"engine generated {generated}; engine stopped {stopped_after:.2f} s after the hang-up")
     assert stopped_after < 1.0, f"the engine still held the request {stopped_after:.2f} s after the hang-up"
+
+
+def test_engine_llm_request_span_is_a_child_of_the_replica_span(client, otlp_receiver):
+    """vLLM's own llm_request span (engine tracing switched on by the OTEL_* environment the
+    session's cluster runs with) hangs under our replica span, in one trace with the ingress."""
+    r = client.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 4,
+                                                  "messages": [{"role": "user", "content": "Hello"}]})
+    assert r.status_code == 200
+    trace_id = r.headers["x-trace-id"]
+    names = {"POST /v1/chat/completions", "route", f"chat {MODEL}", "llm_request"}
+    spans = otlp_receiver.wait_for(trace_id, lambda ss: names <= {s.name for s in ss}, timeout_s=60)
+    by_name = {s.name: s for s in spans}
+    assert names <= set(by_name), sorted(by_name)
+    replica, engine = by_name[f"chat {MODEL}"], by_name["llm_request"]
+    assert engine.parent_id == replica.span_id
+    assert replica.parent_id == by_name["route"].span_id
+    assert replica.attributes["magistral.replica.id"] == r.headers["x-replica"]
+    assert replica.attributes["magistral.accelerator.type"] == "CPU-vllm"
+    # the engine counted the same prompt and completion the client was billed
+    assert engine.attributes["gen_ai.usage.prompt_tokens"] == r.json()["usage"]["prompt_tokens"]
+    assert engine.attributes["gen_ai.usage.completion_tokens"] == r.json()["usage"]["completion_tokens"]
+    ids = {s.span_id for s in spans}
+    assert [s.name for s in spans if s.parent_id not in ids] == ["POST /v1/chat/completions"]
