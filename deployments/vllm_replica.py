@@ -126,8 +126,8 @@ class MagistralLLMServer(LLMServer):
         if endpoint and "otlp_traces_endpoint" not in llm_config.engine_kwargs:
             # The engine config was computed (and cached) when the deployment was built, in the
             # deployer's process: set the endpoint there too.
-            for kwargs in (llm_config.engine_kwargs, llm_config.get_engine_config().engine_kwargs):
-                kwargs["otlp_traces_endpoint"] = endpoint
+            for engine_kwargs in (llm_config.engine_kwargs, llm_config.get_engine_config().engine_kwargs):
+                engine_kwargs["otlp_traces_endpoint"] = endpoint
             # vLLM picks its exporter by this variable alone (grpc when unset).
             os.environ.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", otlp_protocol(os.environ))
         await super().__init__(llm_config, **kwargs)  # starts the engine
