@@ -1,6 +1,6 @@
 """What the router adds to a request's latency, side by side in one run.
 
-    .venv/bin/python bench/router_overhead.py [--requests 200] [--tracing both|off|on]
+    .venv/bin/python -m bench.router_overhead [--requests 200] [--tracing both|off|on]
 
 Starts a local Ray head (owned by this process), deploys one stub pool with no emulated delay,
 and times the same one-token chat request four ways, sequentially:
