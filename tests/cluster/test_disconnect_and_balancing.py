@@ -86,5 +86,7 @@ async def test_mixed_burst_spreads_by_tokens_better_than_by_request_count(ray_dr
         loads = sorted(per_replica.values()) + [0] * (2 - len(per_replica))
         spreads[metric] = loads[-1] - loads[0]
         print(f"\n{metric:>8}: prompt tokens per replica {sorted(per_replica.values())}, spread {spreads[metric]}")
-    assert spreads["tokens"] <= 3_000  # within one long prompt of even
-    assert spreads["tokens"] < spreads["requests"]
+    # Token-aware ranking bounds the imbalance by one long prompt whatever the timing. Ranking by
+    # request count bounds nothing, but on a given run it may land even by chance (it once did,
+    # spread 0), so its spread is printed for comparison, not asserted against.
+    assert spreads["tokens"] <= 3_000
