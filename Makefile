@@ -6,7 +6,7 @@ BASE_STAMP := $(VENV)/.installed-base
 FULL_STAMP := $(VENV)/.installed-full
 TINY_MODEL := .run/tiny-magistral
 
-.PHONY: install install-full postgres-server run run-vllm-cpu tiny-model test unit clean
+.PHONY: install install-full postgres-server checkov run run-vllm-cpu tiny-model test unit clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -73,11 +73,23 @@ tiny-model: install-full
 run-vllm-cpu: tiny-model
 	$(PY) -m cluster.local run configs/cpu-vllm.yaml --num-cpus 4 --health-timeout 600
 
-test: install-full postgres-server
+test: install-full postgres-server checkov
 	$(PY) -m pytest -ra
 
 unit: install
-	$(PY) -m pytest -ra tests/unit
+	$(PY) -m pytest -ra tests/unit tests/cluster_defs
+
+# checkov scans terraform/ (tests/terraform); it pins packages (packaging, boto3...) that the
+# service's own environment must not be forced onto, so it lives in a venv of its own.
+CHECKOV_VENV := $(VENV)-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-3.3.30
+$(CHECKOV_STAMP):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.3.30
+	touch $@
+
+checkov: $(CHECKOV_STAMP)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .run
+	rm -rf $(VENV) $(CHECKOV_VENV) build *.egg-info .run
