@@ -54,9 +54,9 @@ variable "gpu_pools" {
     condition = alltrue([
       for name, p in var.gpu_pools :
       (p.quantization == "fp8" ? var.model_weights_gb / 2 : var.model_weights_gb)
-      <= p.tensor_parallel * lookup(local.vram_gb, p.accelerator, 1e9) * (1 - var.vram_headroom)
+      <= p.tensor_parallel * lookup(local.vram_gb, p.accelerator, 1000000000) * (1 - var.vram_headroom)
     ])
-    error_message = "gpu_pools: the model weights (model_weights_gb, halved for fp8) must fit in tensor_parallel x the accelerator's VRAM x (1 - vram_headroom); pools: ${join(", ", [for name, p in var.gpu_pools : format("%s (%.1f GB of weights > %.1f GB usable on %d x %s)", name, (p.quantization == "fp8" ? var.model_weights_gb / 2 : var.model_weights_gb), p.tensor_parallel * lookup(local.vram_gb, p.accelerator, 1e9) * (1 - var.vram_headroom), p.tensor_parallel, p.accelerator) if(p.quantization == "fp8" ? var.model_weights_gb / 2 : var.model_weights_gb) > p.tensor_parallel * lookup(local.vram_gb, p.accelerator, 1e9) * (1 - var.vram_headroom)])}."
+    error_message = "gpu_pools: the model weights (model_weights_gb, halved for fp8) must fit in tensor_parallel x the accelerator's VRAM x (1 - vram_headroom); pools: ${join(", ", [for name, p in var.gpu_pools : format("%s (%.1f GB of weights > %.1f GB usable on %d x %s)", name, (p.quantization == "fp8" ? var.model_weights_gb / 2 : var.model_weights_gb), p.tensor_parallel * lookup(local.vram_gb, p.accelerator, 1000000000) * (1 - var.vram_headroom), p.tensor_parallel, p.accelerator) if(p.quantization == "fp8" ? var.model_weights_gb / 2 : var.model_weights_gb) > p.tensor_parallel * lookup(local.vram_gb, p.accelerator, 1000000000) * (1 - var.vram_headroom)])}."
   }
 
   validation {
