@@ -6,9 +6,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from router.unicode_text import check_unicode
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class _Request(_Body):
+    """A whole request body: every string in it must be valid Unicode (router/unicode_text.py)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        return check_unicode(data)
+
+
+TEXT_ONLY = "Magistral Small 2506 reads text only: content parts of type '{}' are not supported"
 
 
 class ContentPart(_Body):
@@ -34,6 +48,17 @@ class ChatMessage(_Body):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, v: Any) -> Any:
+        """Say why an image or audio part is refused (not just that it is not a text part)."""
+        if isinstance(v, list):
+            for part in v:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if isinstance(kind, str) and kind != "text":
+                    raise ValueError(TEXT_ONLY.format(kind))
+        return v
+
     @model_validator(mode="after")
     def _has_content(self) -> "ChatMessage":
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
@@ -48,7 +73,7 @@ class StreamOptions(_Body):
     continuous_usage_stats: bool = False  # vLLM's extension: usage so far on every chunk
 
 
-class _Sampling(_Body):
+class _Sampling(_Request):
     model: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)

@@ -110,6 +110,9 @@ class AppConfig(BaseModel):
     # Prompt and completion text in spans (gen_ai.input.messages / gen_ai.output.messages). Off:
     # traces then hold counts and decisions only, never what a tenant wrote.
     trace_content: bool = False
+    # Request bodies over this many bytes get 413 before they are read: a prompt that fits the
+    # 40 960-token cap is far smaller (under 1 MiB even as JSON-escaped CJK text).
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024)
     # Magistral's recommended sampling, applied when a request leaves a value out.
     default_sampling: dict[str, float] = Field(default_factory=lambda: {"temperature": 0.7, "top_p": 0.95})
     # The model's SYSTEM_PROMPT.txt, sent as the system message when a request has none. Read

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 
 class APIError(Exception):
@@ -43,7 +44,7 @@ def validation_error(errors: list[dict]) -> APIError:
     if err.get("type") == "json_invalid":
         return APIError(400, "We could not parse the JSON body of your request.", code="invalid_json")
     param = ".".join(loc) or None
-    msg = err.get("msg", "invalid value")
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
     return APIError(400, f"Invalid value for '{param}': {msg}." if param else f"Invalid request body: {msg}.",
                     param=param, code="invalid_value" if param else "invalid_request")
 
@@ -55,3 +56,36 @@ def server_error(request_id: str) -> APIError:
 
 def unavailable(message: str) -> APIError:
     return APIError(503, message, type="server_error", code="service_unavailable")
+
+
+# ---- the OpenAPI document: which errors each route really returns ---------------------------
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+_DESCRIPTIONS = {
+    400: "Invalid request: malformed JSON, a wrong or missing field, text that is not valid Unicode, a "
+         "non-text content part, or a prompt over the 40 960-token context (code context_length_exceeded).",
+    401: "Missing or wrong API key (code invalid_api_key).",
+    403: "The key may not do this: another tenant's usage, or no pool it may use.",
+    404: "Unknown model (code model_not_found).",
+    413: "Request body over max_body_bytes, refused before it is read (code request_too_large).",
+    429: "A rate limit (Retry-After, x-ratelimit-*) or a spent budget (code insufficient_quota).",
+    503: "A pool or the ledger cannot take the request now; retry.",
+}
+
+
+def documented(*statuses: int) -> dict:
+    """`responses=` for a route decorator."""
+    return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS[s]} for s in statuses}
+
+
+GENERATION_ERRORS = documented(400, 401, 403, 404, 413, 429, 503)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployments.protocol import DELTA, END, ERROR, START, GenerateRequest
 from router import errors
 from router.admission import Admission, admit
+from router.body_limit import BodyLimitMiddleware
 from router.api_models import ChatCompletionRequest, CompletionRequest
 from router.config import AppConfig
 from router.context_cap import ContextLengthExceeded
@@ -51,7 +53,24 @@ _COUNT_IN_THREAD_ABOVE_BYTES = 32_000
 _HEALTH_TIMEOUT_S = 2.0
 
 app = FastAPI(title="Magistral Small 2506 router", docs_url=None, redoc_url=None)
-app.add_middleware(TelemetryMiddleware)  # spans, x-trace-id and metrics for every request
+
+
+def _openapi() -> dict:
+    """FastAPI documents a 422 on every route with a body or query; ours answers those 400."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for operations in doc["paths"].values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            doc.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+app.openapi = _openapi
+app.add_middleware(BodyLimitMiddleware)  # 413 for bodies no prompt under the cap could need
+app.add_middleware(TelemetryMiddleware)  # outermost: spans, x-trace-id and metrics for every request
 
 
 def _request_id(request: Request) -> str:
@@ -160,6 +179,7 @@ class RouterIngress:
         self._telemetry = IngressTelemetry(configure_tracing("ingress"), IngressMetrics(),
                                            self._config.trace_content)
         app.state.telemetry = self._telemetry  # read by TelemetryMiddleware
+        app.state.max_body_bytes = self._config.max_body_bytes  # read by BodyLimitMiddleware
         self._gate = TenancyGate(TenancySettings(
             tenants_file=self._config.tenants_file, prices_file=self._config.prices_file,
             ledger_url=self._config.ledger_url, reload_s=self._config.tenants_reload_s,
@@ -173,7 +193,7 @@ class RouterIngress:
         self._pool_load = InFlight()  # outstanding tokens this ingress sent to each pool
 
     # ---- routes -------------------------------------------------------------------------
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "A pool has no ready replica."}})
     async def health(self) -> JSONResponse:
         async def ready(name: str, handle: DeploymentHandle) -> tuple[str, bool]:
             try:
@@ -186,7 +206,7 @@ class RouterIngress:
         ok = all(results.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "pools": results}, status_code=200 if ok else 503)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=errors.documented(401))
     async def models(self, tenant: Tenant = Depends(_tenant)) -> dict:
         return {
             "object": "list",
@@ -197,7 +217,7 @@ class RouterIngress:
             ],
         }
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=errors.GENERATION_ERRORS)
     async def chat_completions(self, body: ChatCompletionRequest, request: Request, tenant: Tenant = Depends(_tenant)):
         request_id, rt = self._begin(request, body, "chat")
         messages = with_system_prompt(body.message_dicts(), self._config.system_prompt)
@@ -216,7 +236,7 @@ class RouterIngress:
                                      lambda: self._counter.count_chat(messages, tools), job)
         return await self._serve(*admitted, ResponseWriter("chat", f"chatcmpl-{request_id}", body.model), body, rt)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=errors.GENERATION_ERRORS)
     async def completions(self, body: CompletionRequest, request: Request, tenant: Tenant = Depends(_tenant)):
         request_id, rt = self._begin(request, body, "completion")
         prompt = body.prompt_text()
@@ -230,7 +250,7 @@ class RouterIngress:
                                      lambda: self._counter.count_text(prompt), job)
         return await self._serve(*admitted, ResponseWriter("completion", f"cmpl-{request_id}", body.model), body, rt)
 
-    @app.get("/v1/usage")
+    @app.get("/v1/usage", responses=errors.documented(400, 401, 403, 503))
     async def usage(self, request: Request, tenant: Tenant = Depends(_tenant)) -> dict:
         """The caller's usage from the ledger (admin keys: every tenant's, or ?tenant=)."""
         query = UsageQuery.parse(request.query_params, tenant)

@@ -97,6 +97,8 @@ class RequestTrace:
             span.record_exception(error)
         elif r.http_status is not None and r.http_status >= 400:
             r.outcome = REFUSED if r.http_status < 500 else FAILED
+            if r.http_status < 500 and r.refusal is None:  # answered before a route ran (413)
+                r.refusal = f"http_{r.http_status}"
         self._final_attributes()
         if r.outcome == CANCELLED:
             span.set_status(Status(StatusCode.ERROR, "cancelled: the client went away"))

@@ -1,0 +1,134 @@
+"""No input gets a 5xx: every route of the running app, fuzzed with bodies generated from its own
+OpenAPI document (tests/schema_strategies.py), arbitrary JSON, and strings with lone surrogates.
+
+Against the session's local cluster (stub pools), with the demo key. Generated max_tokens are
+kept small so well-formed bodies finish quickly; everything else is as generated.
+"""
+
+import json
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.schema_strategies import ANY_JSON, ANY_TEXT, from_schema, resolved
+
+pytestmark = pytest.mark.cluster
+
+EXAMPLES = 120
+
+
+@pytest.fixture(scope="module")
+def openapi(local_cluster) -> dict:
+    return httpx.get(f"{local_cluster['root_url']}/openapi.json", timeout=10).json()
+
+
+def body_schemas(openapi: dict) -> dict[str, dict]:
+    components = openapi["components"]["schemas"]
+    out = {}
+    for path, operations in openapi["paths"].items():
+        post = operations.get("post")
+        if post and "requestBody" in post:
+            out[path] = resolved(post["requestBody"]["content"]["application/json"]["schema"], components)
+    return out
+
+
+def likely_fields(schema: dict) -> dict:
+    """Strategies for the fields every request needs right to get past the first checks (the
+    model id, a conversation), mixed with what the schema alone would draw, so that most bodies
+    reach counting, admission and the replica while the rest probe validation."""
+    served = st.sampled_from(["magistral-small-2506", "mistralai/Magistral-Small-2506"])
+    fields = {"model": st.one_of(served, served, served, ANY_TEXT), "max_tokens": st.integers(-2, 8) | st.none()}
+    if "messages" in schema.get("properties", {}):
+        turn = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]), "content": ANY_TEXT})
+        chat = st.lists(turn, min_size=1, max_size=3).map(lambda ms: ms[:-1] + [{**ms[-1], "role": "user"}])
+        fields["messages"] = st.one_of(chat, chat, chat, from_schema(schema["properties"]["messages"]))
+    return fields
+
+
+def small(body):
+    """Keep generation short: a huge max_tokens only makes the stub talk for long."""
+    if isinstance(body, dict):
+        for key in ("max_tokens", "max_completion_tokens"):
+            if isinstance(body.get(key), int) and not isinstance(body.get(key), bool) and body[key] > 8:
+                body[key] = 8
+    return body
+
+
+def encoded(body) -> bytes:
+    """JSON bytes; lone surrogates go out as \\ud800 escapes, as a client's JSON encoder writes them."""
+    return json.dumps(body, ensure_ascii=True).encode()
+
+
+def test_the_openapi_document_names_the_generation_routes(openapi):
+    assert set(body_schemas(openapi)) == {"/v1/chat/completions", "/v1/completions"}
+
+
+@pytest.fixture(scope="module")
+def client(local_cluster, auth):
+    with httpx.Client(base_url=local_cluster["root_url"], headers={**auth, "content-type": "application/json"},
+                      timeout=60) as c:
+        yield c
+
+
+def check(client: httpx.Client, method: str, path: str, **kwargs) -> None:
+    r = client.request(method, path, **kwargs)
+    assert r.status_code < 500, f"{method} {path} {kwargs} -> {r.status_code} {r.text[:300]}"
+    if r.status_code >= 400:  # an error in the OpenAI shape
+        assert set(r.json()["error"]) >= {"message", "type"}
+
+
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                       HealthCheck.filter_too_much, HealthCheck.data_too_large])
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_schema_shaped_bodies_never_get_a_5xx(client, openapi, path):
+    schema = body_schemas(openapi)[path]
+    strategy = from_schema(schema, likely_fields(schema))
+
+    @FUZZ
+    @given(body=strategy)
+    def run(body):
+        check(client, "POST", path, content=encoded(small(body)))
+
+    run()
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/usage"])
+def test_arbitrary_json_never_gets_a_5xx(client, path):
+    @FUZZ
+    @given(body=ANY_JSON)
+    def run(body):
+        check(client, "POST" if path.endswith("completions") else "GET", path, content=encoded(small(body)))
+
+    run()
+
+
+def test_query_strings_never_get_a_5xx(client):
+    names = st.sampled_from(["from", "to", "pool", "limit", "tenant", "x"])
+
+    @FUZZ
+    @given(params=st.dictionaries(names, ANY_TEXT.filter(lambda s: "\x00" not in s), max_size=4))
+    def run(params):
+        check(client, "GET", "/v1/usage", params={k: v.encode("utf-8", "replace").decode() for k, v in params.items()})
+
+    run()
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"model": "magistral-small-2506", "messages": [{"role": "user", "content": "a\ud800"}]}),
+    ("/v1/completions", {"model": "magistral-small-2506", "prompt": "\udfff"}),
+])
+def test_lone_surrogate_is_a_400_in_the_openai_shape(client, path, body):
+    r = client.post(path, content=encoded(body))
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error" and "not valid Unicode" in r.json()["error"]["message"]
+
+
+def test_a_body_far_over_the_cap_is_refused_before_it_is_read(client):
+    huge = encoded({"model": "magistral-small-2506", "messages": [{"role": "user", "content": "x" * 5_000_000}]})
+    r = client.post("/v1/chat/completions", content=huge)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
