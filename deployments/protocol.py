@@ -85,11 +85,14 @@ def error_event(*, status: int, message: str, type: str = "invalid_request_error
     return {"event": ERROR, "status": status, "message": message, "type": type, "param": param}
 
 
-def end_event(*, finish_reason: str, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int) -> dict:
+def end_event(*, finish_reason: str, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int,
+              stop_sequence: str | None = None) -> dict:
+    """stop_sequence: the stop string that ended the answer, if one did (Anthropic reports it)."""
     return {
         "event": END,
         "finish_reason": finish_reason,
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "reasoning_tokens": reasoning_tokens,
+        "stop_sequence": stop_sequence,
     }

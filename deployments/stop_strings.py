@@ -11,16 +11,18 @@ class StopMatcher:
         self._hold = max((len(s) for s in self._stops), default=1) - 1
         self._pending = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that matched
 
     def feed(self, text: str) -> str:
         """Text that can be emitted now; after a stop string, nothing more (and `stopped`)."""
         if self.stopped:
             return ""
         self._pending += text
-        hits = [i for i in (self._pending.find(s) for s in self._stops) if i >= 0]
+        hits = [(i, s) for s in self._stops if (i := self._pending.find(s)) >= 0]
         if hits:
+            first, self.matched = min(hits)
             self.stopped = True
-            out, self._pending = self._pending[: min(hits)], ""
+            out, self._pending = self._pending[:first], ""
             return out
         if self._hold == 0:
             out, self._pending = self._pending, ""

@@ -123,6 +123,7 @@ class StubReplica:
             prompt_tokens=prompt_tokens,
             completion_tokens=generated,
             reasoning_tokens=reasoning_tokens,
+            stop_sequence=matcher.matched,
         )
 
     def record_routing_stats(self) -> dict:

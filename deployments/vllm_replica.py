@@ -72,6 +72,7 @@ class _Usage:
     def __init__(self) -> None:
         self.prompt = self.completion = self.reasoning = 0
         self.finish_reason = "stop"
+        self.stop_sequence: str | None = None
 
     def take(self, payload: dict) -> None:
         usage = payload.get("usage")
@@ -81,10 +82,13 @@ class _Usage:
         for choice in payload.get("choices") or []:
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
+            if isinstance(choice.get("stop_reason"), str):  # vLLM: the stop string that matched
+                self.stop_sequence = choice["stop_reason"]
 
     def end(self) -> dict:
         return end_event(finish_reason=self.finish_reason, prompt_tokens=self.prompt,
-                         completion_tokens=self.completion, reasoning_tokens=self.reasoning)
+                         completion_tokens=self.completion, reasoning_tokens=self.reasoning,
+                         stop_sequence=self.stop_sequence)
 
 
 def _delta_from_choice(choice: dict) -> dict:

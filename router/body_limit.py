@@ -22,9 +22,10 @@ def too_large(limit: int, size: int | None) -> errors.APIError:
                            "size fits the 40 960-token context.", code="request_too_large")
 
 
-async def _send_error(send, error: errors.APIError) -> None:
-    body = json.dumps(error.body()).encode()
-    await send({"type": "http.response.start", "status": error.status,
+async def _send_error(send, scope, error: errors.APIError) -> None:
+    status, shaped = error.shaped(errors.route_path(scope))
+    body = json.dumps(shaped).encode()
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
@@ -43,7 +44,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _send_error(send, too_large(limit, int(declared)))
+            await _send_error(send, scope, too_large(limit, int(declared)))
             return
         received = 0
         started = False
@@ -66,4 +67,4 @@ class BodyLimitMiddleware:
             await self.app(scope, counted_receive, tracked_send)
         except _TooLarge:
             if not started:
-                await _send_error(send, too_large(limit, None))
+                await _send_error(send, scope, too_large(limit, None))

@@ -5,6 +5,9 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from router.wire.anthropic.errors import anthropic_status
+from router.wire.anthropic.errors import error_body as anthropic_error_body
+
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
@@ -18,8 +21,28 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self, extra_headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers={**self.headers, **(extra_headers or {})})
+    def response(self, extra_headers: dict[str, str] | None = None, *, path: str = "") -> JSONResponse:
+        """In the shape of the route's API: Anthropic's under /v1/messages, OpenAI's elsewhere."""
+        status, body = self.shaped(path)
+        return JSONResponse(body, status_code=status, headers={**self.headers, **(extra_headers or {})})
+
+    def shaped(self, path: str) -> tuple[int, dict]:
+        if is_anthropic_path(path):
+            return anthropic_status(self.status), anthropic_error_body(self.status, self.message)
+        return self.status, self.body()
+
+
+ANTHROPIC_PREFIX = "/v1/messages"
+
+
+def is_anthropic_path(path: str) -> bool:
+    return path == ANTHROPIC_PREFIX or path.startswith(ANTHROPIC_PREFIX + "/")
+
+
+def route_path(scope) -> str:
+    """The path within the app (Serve mounts an application under its route prefix)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 def unauthorized() -> APIError:
@@ -83,9 +106,26 @@ _DESCRIPTIONS = {
 }
 
 
-def documented(*statuses: int) -> dict:
+def documented(*statuses: int, model: type[BaseModel] = ErrorResponse) -> dict:
     """`responses=` for a route decorator."""
-    return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS[s]} for s in statuses}
+    return {s: {"model": model, "description": _DESCRIPTIONS[s]} for s in statuses}
 
 
 GENERATION_ERRORS = documented(400, 401, 403, 404, 413, 429, 503)
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    type: str = "error"
+    error: AnthropicErrorDetail
+
+
+ANTHROPIC_ERRORS = {
+    **{s: {"model": AnthropicError, "description": _DESCRIPTIONS[s]} for s in (400, 401, 403, 404, 413, 429)},
+    529: {"model": AnthropicError, "description": "Overloaded: a pool or the ledger cannot take the request now "
+                                                  "(Anthropic's status for our 503); retry."},
+}

@@ -30,7 +30,7 @@ from router.config import AppConfig
 from router.context_cap import ContextLengthExceeded
 from router.inflight import InFlight
 from router.magistral_defaults import with_default_sampling, with_system_prompt
-from router.openai_format import Collected, ResponseWriter, sse
+from router.openai_format import Collected, ResponseWriter
 from router.pools import PoolLimits
 from router.tenancy.directory import Tenant
 from router.tenancy.gate import CANCELLED, FAILED, Meter, TenancyGate, TenancySettings, cost_header
@@ -44,6 +44,8 @@ from router.telemetry.span_attributes import (admission_attributes, messages_att
                                               routing_attributes)
 from router.tenancy.usage_report import UsageQuery, report
 from router.tokens import PromptInvalid, TekkenCounter, chat_upper_bound, text_upper_bound
+from router.wire import anthropic
+from router.wire.answer_formats import AnthropicAnswer, OpenAIAnswer
 
 logger = logging.getLogger("ray.serve")
 
@@ -84,7 +86,7 @@ async def _api_error(request: Request, exc: errors.APIError) -> JSONResponse:
     rt = request_trace(request)
     if rt is not None and exc.status < 500:  # a refusal, labelled by its code in metrics
         rt.record.refusal = exc.code or exc.type
-    return exc.response()
+    return exc.response(path=errors.route_path(request.scope))
 
 
 @app.exception_handler(RequestValidationError)
@@ -102,7 +104,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = _request_id(request)
     logger.exception("request %s failed", request_id)
-    return errors.server_error(request_id).response(trace_id_header(request))
+    return errors.server_error(request_id).response(trace_id_header(request), path=errors.route_path(request.scope))
 
 
 def _engine_error(event: dict) -> errors.APIError:
@@ -220,8 +222,15 @@ class RouterIngress:
     @app.post("/v1/chat/completions", responses=errors.GENERATION_ERRORS)
     async def chat_completions(self, body: ChatCompletionRequest, request: Request, tenant: Tenant = Depends(_tenant)):
         request_id, rt = self._begin(request, body, "chat")
-        messages = with_system_prompt(body.message_dicts(), self._config.system_prompt)
-        tools = body.tools
+        return await self._chat(request_id, rt, tenant, body, body.message_dicts(), body.tools, body.tool_choice,
+                                ResponseWriter("chat", f"chatcmpl-{request_id}", body.model))
+
+    async def _chat(self, request_id: str, rt: RequestTrace, tenant: Tenant, body, messages: list[dict],
+                    tools: list[dict] | None, tool_choice, writer, exact: bool = False):
+        """A chat request of either API: the same admission, quota, routing and billing.
+        `writer` is OpenAI's ResponseWriter or a factory of the Anthropic answer that needs the
+        exact prompt count (exact=True)."""
+        messages = with_system_prompt(messages, self._config.system_prompt)
         if rt.capture_content:
             rt.set({A.INPUT_MESSAGES: messages_attribute(messages, None)})
 
@@ -229,12 +238,14 @@ class RouterIngress:
             if admission.prompt_tokens is None:  # not counted: still refuse what the template rejects
                 self._guard_prompt(lambda: self._counter.validate_chat(messages, tools))
             return _job(request_id, "chat", admission, body, self._config.default_sampling,
-                        messages=messages, tools=tools, tool_choice=body.tool_choice,
-                        response_format=body.response_format)
+                        messages=messages, tools=tools, tool_choice=tool_choice,
+                        response_format=getattr(body, "response_format", None))
 
-        admitted = await self._admit(rt, tenant, body, chat_upper_bound(messages, tools),
-                                     lambda: self._counter.count_chat(messages, tools), job)
-        return await self._serve(*admitted, ResponseWriter("chat", f"chatcmpl-{request_id}", body.model), body, rt)
+        bound = None if exact else chat_upper_bound(messages, tools)
+        job_, admission, meter = await self._admit(rt, tenant, body, bound,
+                                                   lambda: self._counter.count_chat(messages, tools), job)
+        answer = OpenAIAnswer(writer, body) if isinstance(writer, ResponseWriter) else writer(admission)
+        return await self._serve(job_, admission, meter, answer, body, rt)
 
     @app.post("/v1/completions", responses=errors.GENERATION_ERRORS)
     async def completions(self, body: CompletionRequest, request: Request, tenant: Tenant = Depends(_tenant)):
@@ -246,9 +257,35 @@ class RouterIngress:
         def job(admission: Admission) -> GenerateRequest:
             return _job(request_id, "completion", admission, body, self._config.default_sampling, prompt=prompt)
 
-        admitted = await self._admit(rt, tenant, body, text_upper_bound(prompt),
-                                     lambda: self._counter.count_text(prompt), job)
-        return await self._serve(*admitted, ResponseWriter("completion", f"cmpl-{request_id}", body.model), body, rt)
+        job_, admission, meter = await self._admit(rt, tenant, body, text_upper_bound(prompt),
+                                                   lambda: self._counter.count_text(prompt), job)
+        answer = OpenAIAnswer(ResponseWriter("completion", f"cmpl-{request_id}", body.model), body)
+        return await self._serve(job_, admission, meter, answer, body, rt)
+
+    # ---- Anthropic's Messages API: a translation at the edge, the same pipeline behind it ----
+    @app.post("/v1/messages", responses=errors.ANTHROPIC_ERRORS)
+    async def messages(self, body: anthropic.MessagesRequest, request: Request, tenant: Tenant = Depends(_tenant)):
+        request_id, rt = self._begin(request, body, "chat")
+        chat = anthropic.to_chat(body)
+        if rt.capture_content:
+            rt.set({A.INPUT_MESSAGES: messages_attribute(chat.messages, None)})
+
+        def answer(admission: Admission) -> AnthropicAnswer:
+            # Counted exactly (exact=True): message_start states the input tokens billed.
+            return AnthropicAnswer(anthropic.message_id(request_id), body.model, admission.prompt_tokens)
+
+        return await self._chat(request_id, rt, tenant, body, chat.messages, chat.tools, chat.tool_choice,
+                                answer, exact=True)
+
+    @app.post("/v1/messages/count_tokens", responses=errors.documented(400, 401, 404, 413, model=errors.AnthropicError))
+    async def count_tokens(self, body: anthropic.CountTokensRequest, tenant: Tenant = Depends(_tenant)) -> dict:
+        """Exactly the input tokens /v1/messages would bill for the same prompt (and what
+        /v1/chat/completions reports as prompt_tokens for the same conversation)."""
+        self._check_model(body.model)
+        chat = anthropic.to_chat(body)
+        messages = with_system_prompt(chat.messages, self._config.system_prompt)
+        count = await asyncio.to_thread(self._guard_prompt, lambda: self._counter.count_chat(messages, chat.tools))
+        return anthropic.count_tokens_body(count)
 
     @app.get("/v1/usage", responses=errors.documented(400, 401, 403, 503))
     async def usage(self, request: Request, tenant: Tenant = Depends(_tenant)) -> dict:
@@ -347,8 +384,9 @@ class RouterIngress:
             job.max_tokens = meter.max_tokens
         return meter
 
-    async def _serve(self, job: GenerateRequest, admission: Admission, meter: Meter, writer: ResponseWriter, body,
+    async def _serve(self, job: GenerateRequest, admission: Admission, meter: Meter, answer, body,
                      rt: RequestTrace):
+        """Dispatch to the pool and answer through `answer` (router/wire/answer_formats.py)."""
         pool, request_key = admission.pool, job.request_key
         self._pool_load.add(pool, request_key, job.work_tokens)
         route_span, job.trace_context = rt.start_routing(
@@ -380,14 +418,14 @@ class RouterIngress:
         # x-request-id is added to every response by Serve's proxy (see _request_id).
         headers = {"x-pool": pool, "x-replica": start["replica"], **meter.rate_headers}
         if not body.stream:
-            return await self._whole(events, release, meter, writer, headers, rt)
+            return await self._whole(events, release, meter, answer, headers, rt)
         return _ReleasingStream(
-            self._sse(job, events, writer, body, meter, rt),
+            self._sse(job, events, answer, meter, rt),
             release=lambda: (release(), self._gate.settle_soon(meter, CANCELLED)),
             media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"},
         )
 
-    async def _whole(self, events, release, meter: Meter, writer: ResponseWriter, headers: dict,
+    async def _whole(self, events, release, meter: Meter, answer, headers: dict,
                      rt: RequestTrace) -> JSONResponse:
         """A non-streamed answer: gather every event, settle, then answer with the cost."""
         collected = Collected()
@@ -412,38 +450,40 @@ class RouterIngress:
         finally:
             release()
         cost = await self._gate.settle(meter)
-        return JSONResponse(writer.full(collected, cost), headers={**headers, **cost_header(cost)})
+        return JSONResponse(answer.full(collected, cost), headers={**headers, **cost_header(cost)})
 
-    async def _sse(self, job: GenerateRequest, events, writer: ResponseWriter, body, meter: Meter,
-                   rt: RequestTrace) -> AsyncIterator[bytes]:
+    async def _sse(self, job: GenerateRequest, events, answer, meter: Meter, rt: RequestTrace) -> AsyncIterator[bytes]:
         """The SSE body; _ReleasingStream releases the request however the stream ends. A delta is
         counted once the client has taken it (the generator resumes after the send)."""
         try:
-            yield sse(writer.chunk(None, first=True))
+            for chunk in answer.opening():
+                yield chunk
             async for event in events:
                 if event["event"] == ERROR:  # headers are out: report in-band and stop
                     # Billed only if some of the answer was delivered (plus its prompt).
                     await self._gate.settle(meter, FAILED, event["message"], generated=meter.completion_tokens > 0)
                     rt.in_band_error(_engine_error(event).status)
-                    yield sse(_engine_error(event).body())
+                    for chunk in answer.error(_engine_error(event)):
+                        yield chunk
                     break
                 if event["event"] == END:
                     meter.observe(event)
                     cost = await self._gate.settle(meter)
-                    yield sse(writer.chunk(event))
-                    if body.include_usage:
-                        yield sse(writer.usage_chunk(event, cost))
+                    for chunk in answer.end(event, cost):
+                        yield chunk
                     continue
-                # With continuous usage stats the chunk states what the client is billed once it has it.
-                yield sse(writer.chunk(event, usage=meter.usage_with(event) if body.continuous_usage else None))
+                for chunk in answer.delta(event, lambda: meter.usage_with(event)):  # noqa: B023 - called now
+                    yield chunk
                 meter.observe(event)
                 rt.delta(event)
-            yield sse("[DONE]")
+            for chunk in answer.closing():
+                yield chunk
         except Exception:  # headers are sent: report in-band, as OpenAI does, and end the stream
             logger.exception("stream %s failed", job.request_id)
             await self._gate.settle(meter, FAILED, "replica failed mid-stream", generated=meter.completion_tokens > 0)
             rt.in_band_error(500)
-            yield sse(errors.server_error(job.request_id).body())
+            for chunk in answer.error(errors.server_error(job.request_id)):
+                yield chunk
 
     def _release(self, load_key: str, events) -> None:
         """Forget the request's load; if the stream did not finish, stop the replica's work."""

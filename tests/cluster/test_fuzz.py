@@ -17,6 +17,7 @@ from tests.schema_strategies import ANY_JSON, ANY_TEXT, from_schema, resolved
 pytestmark = pytest.mark.cluster
 
 EXAMPLES = 120
+BODY_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/messages/count_tokens"]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def encoded(body) -> bytes:
 
 
 def test_the_openapi_document_names_the_generation_routes(openapi):
-    assert set(body_schemas(openapi)) == {"/v1/chat/completions", "/v1/completions"}
+    assert set(body_schemas(openapi)) == set(BODY_ROUTES)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def client(local_cluster, auth):
 def check(client: httpx.Client, method: str, path: str, **kwargs) -> None:
     r = client.request(method, path, **kwargs)
     assert r.status_code < 500, f"{method} {path} {kwargs} -> {r.status_code} {r.text[:300]}"
-    if r.status_code >= 400:  # an error in the OpenAI shape
+    if r.status_code >= 400:  # an error in the route's API shape (OpenAI's or Anthropic's)
         assert set(r.json()["error"]) >= {"message", "type"}
 
 
@@ -84,7 +85,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                                        HealthCheck.filter_too_much, HealthCheck.data_too_large])
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize("path", BODY_ROUTES)
 def test_schema_shaped_bodies_never_get_a_5xx(client, openapi, path):
     schema = body_schemas(openapi)[path]
     strategy = from_schema(schema, likely_fields(schema))
@@ -97,12 +98,12 @@ def test_schema_shaped_bodies_never_get_a_5xx(client, openapi, path):
     run()
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/usage"])
+@pytest.mark.parametrize("path", [*BODY_ROUTES, "/v1/models", "/v1/usage"])
 def test_arbitrary_json_never_gets_a_5xx(client, path):
     @FUZZ
     @given(body=ANY_JSON)
     def run(body):
-        check(client, "POST" if path.endswith("completions") else "GET", path, content=encoded(small(body)))
+        check(client, "POST" if path in BODY_ROUTES else "GET", path, content=encoded(small(body)))
 
     run()
 
