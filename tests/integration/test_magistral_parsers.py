@@ -73,3 +73,42 @@ def test_tool_calls_output_is_parsed(tool_parser):
 def test_plain_text_is_not_a_tool_call(tool_parser):
     out = tool_parser.extract_tool_calls("No tools needed.", chat_request(tools=TOOLS, tool_choice="auto"))
     assert not out.tools_called and out.content == "No tools needed."
+
+
+def test_anthropic_tool_use_round_trips_through_the_magistral_parser(tool_parser, tiny_model_dir):
+    """Anthropic tools -> the request vLLM gets -> Magistral's tool-call text parsed by vLLM's
+    parser -> a tool_use block the SDK reads -> sent back with its tool_result -> a prompt the
+    model's tokenizer renders."""
+    import anthropic
+
+    from deployments.protocol import delta_event, end_event
+    from router.tokens import TekkenCounter
+    from router.wire.anthropic import MessagesRequest, MessageWriter, to_chat
+
+    tools = [{"name": "get_weather", "description": "Weather for a city",
+              "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    question = {"role": "user", "content": "Weather in Paris?"}
+    chat = to_chat(MessagesRequest.model_validate({"model": "magistral-small-2506", "max_tokens": 64, "tools": tools,
+                                                   "tool_choice": {"type": "any"}, "messages": [question]}))
+    request = chat_request(tools=chat.tools, tool_choice=chat.tool_choice)  # what the vLLM pool is sent
+    assert request.tool_choice == "required"
+    parsed = tool_parser.extract_tool_calls('[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}', request)
+    call = parsed.tool_calls[0]
+    events = [delta_event(tool_calls=[{"index": 0, "id": call.id, "type": "function",
+                                       "function": {"name": call.function.name, "arguments": call.function.arguments}}],
+                          completion_tokens=9),
+              end_event(finish_reason="tool_calls", prompt_tokens=40, completion_tokens=9, reasoning_tokens=0)]
+    message = anthropic.types.Message.model_validate(MessageWriter("msg_1", "magistral-small-2506").full(events))
+    [tool_use] = message.content
+    assert (tool_use.type, tool_use.name, tool_use.input, message.stop_reason) == \
+        ("tool_use", "get_weather", {"city": "Paris"}, "tool_use")
+
+    follow_up = to_chat(MessagesRequest.model_validate({
+        "model": "magistral-small-2506", "max_tokens": 64, "tools": tools, "messages": [
+            question,
+            {"role": "assistant", "content": [tool_use.model_dump()]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use.id, "content": "Sunny, 21 C"}]},
+        ]}))
+    assert follow_up.messages[1]["tool_calls"][0]["id"] == follow_up.messages[2]["tool_call_id"]
+    counter = TekkenCounter(str(tiny_model_dir / "tekken.json"))
+    assert counter.count_chat(follow_up.messages, follow_up.tools) > counter.count_chat([question], follow_up.tools)

@@ -262,3 +262,19 @@ def test_engine_llm_request_span_is_a_child_of_the_replica_span(client, otlp_rec
     assert engine.attributes["gen_ai.usage.completion_tokens"] == r.json()["usage"]["completion_tokens"]
     ids = {s.span_id for s in spans}
     assert [s.name for s in spans if s.parent_id not in ids] == ["POST /v1/chat/completions"]
+
+
+def test_anthropic_messages_on_the_engine(vllm_app, auth):
+    """The Anthropic route on a real engine: the official SDK, streamed and not; input tokens
+    equal count_tokens (the engine's own count of the same rendered prompt)."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=vllm_app["url"], api_key=auth["Authorization"][7:], max_retries=0)
+    conversation = [{"role": "user", "content": "Hello"}]
+    counted = client.messages.count_tokens(model=MODEL, messages=conversation).input_tokens
+    message = client.messages.create(model=MODEL, max_tokens=6, messages=conversation)
+    assert message.usage.input_tokens == counted and 0 < message.usage.output_tokens <= 6
+    assert message.stop_reason in ("end_turn", "max_tokens")
+    with client.messages.stream(model=MODEL, max_tokens=6, messages=conversation) as stream:
+        final = stream.get_final_message()
+    assert final.usage.input_tokens == counted and 0 < final.usage.output_tokens <= 6
