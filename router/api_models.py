@@ -22,6 +22,7 @@ class _Request(_Body):
         return check_unicode(data)
 
 
+MAX_INT32 = 2**31 - 1  # bigger counts mean nothing under a 40 960-token cap, and overflow engines
 TEXT_ONLY = "Magistral Small 2506 reads text only: content parts of type '{}' are not supported"
 
 
@@ -75,10 +76,10 @@ class StreamOptions(_Body):
 
 class _Sampling(_Request):
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # what engines and OTLP carry
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -90,6 +91,8 @@ class _Sampling(_Request):
     def _stop_list(cls, v: str | list[str] | None) -> str | list[str] | None:
         if isinstance(v, list) and len(v) > 4:
             raise ValueError("at most 4 stop sequences")
+        if v == "" or (isinstance(v, list) and "" in v):
+            raise ValueError("a stop sequence may not be empty")
         return v
 
     def stop_list(self) -> list[str]:
@@ -112,7 +115,7 @@ class _Sampling(_Request):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)  # newer name for max_tokens
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_INT32)  # newer name for max_tokens
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None  # json_object / json_schema (vLLM pools)

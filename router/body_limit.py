@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
+
 from router import errors
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised from `receive`: FastAPI, reading the body itself, turns any other exception there
+    into a 400, but passes an HTTPException on (the ingress answers it as 413 request_too_large)."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, too_large(limit, None).message)
 
 
 def too_large(limit: int, size: int | None) -> errors.APIError:
@@ -55,7 +61,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _TooLarge
+                    raise _TooLarge(limit)
             return message
 
         async def tracked_send(message):

@@ -96,7 +96,7 @@ async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONRe
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = "not_found" if exc.status_code == 404 else None
+    code = {404: "not_found", 413: "request_too_large"}.get(exc.status_code)
     return await _api_error(request, errors.APIError(exc.status_code, str(exc.detail), code=code))
 
 

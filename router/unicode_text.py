@@ -3,31 +3,47 @@ string UTF-8 cannot encode: it must be refused as the client's error before anyt
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
-def lone_surrogate_path(value: Any, path: str = "") -> str | None:
-    """The dotted path of the first string (key or value) that is not valid Unicode, or None."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path or "(body)"
+def lone_surrogate_path(value: Any) -> str | None:
+    """The dotted path of the first string (key or value) that is not valid Unicode, or None.
+
+    One C-speed encode of the whole value decides the common case; only a value that fails it is
+    walked (iteratively: a body nested thousands deep must not overflow the stack)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
         return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and lone_surrogate_path(key) is not None:
-                return where
-            found = lone_surrogate_path(item, where)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = lone_surrogate_path(item, f"{path}.{i}" if path else str(i))
-            if found is not None:
-                return found
+    except UnicodeEncodeError:
+        pass
+    except (RecursionError, TypeError, ValueError):
+        pass  # too deep for the encoder, or not JSON: walk it
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if not _encodes(item):
+                return path or "(body)"
+        elif isinstance(item, dict):
+            children = []
+            for key, child in item.items():
+                where = f"{path}.{key}" if path else str(key)
+                if isinstance(key, str) and not _encodes(key):
+                    return where
+                children.append((child, where))
+            stack.extend(reversed(children))
+        elif isinstance(item, list):
+            stack.extend(reversed([(child, f"{path}.{i}" if path else str(i)) for i, child in enumerate(item)]))
     return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def check_unicode(data: Any) -> Any:

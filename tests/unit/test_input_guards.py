@@ -121,3 +121,65 @@ def test_openapi_lists_the_errors_each_route_returns():
     assert {"400", "401", "404", "413", "429", "503"} <= set(chat) and "422" not in chat
     assert chat["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
     assert "422" not in paths["/v1/usage"]["get"]["responses"]
+
+
+def test_a_deeply_nested_body_is_walked_without_overflowing_the_stack():
+    deep: list = ["ok"]
+    for _ in range(5_000):
+        deep = [deep]
+    assert lone_surrogate_path({"thinking": deep}) is None
+    bad: list = [LONE]
+    for _ in range(5_000):
+        bad = [bad]
+    assert lone_surrogate_path({"thinking": bad}) == "thinking" + ".0" * 5_001
+
+
+async def test_a_chunked_body_over_the_limit_is_a_413_on_a_route_that_parses_a_model():
+    from pydantic import BaseModel
+
+    class Body(BaseModel):
+        text: str
+
+    app = FastAPI()
+    app.add_middleware(BodyLimitMiddleware)
+    app.state.max_body_bytes = 1_000
+
+    @app.post("/echo")
+    async def echo(body: Body):  # FastAPI reads the body itself: a plain exception would be its 400
+        return {"n": len(body.text)}
+
+    async def chunks():
+        yield b'{"text": "'
+        for _ in range(30):
+            yield b"x" * 100
+        yield b'"}'
+
+    assert (await post(app, content=chunks())).status_code == 413
+
+
+@pytest.mark.parametrize("extra", [{"stop": ""}, {"stop": ["a", ""]}, {"max_tokens": 10**30}, {"seed": 10**30},
+                                   {"max_completion_tokens": 2**31}])
+def test_values_an_engine_would_choke_on_mid_stream_are_refused_up_front(extra):
+    refusal(ChatCompletionRequest, {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra})
+
+
+@pytest.mark.parametrize("extra", [{"stop_sequences": [""]}, {"top_k": 10**30}, {"max_tokens": 10**30},
+                                   {"messages": [{"role": "user", "content": []}]}])
+def test_anthropic_values_refused_up_front(extra):
+    from router.wire.anthropic import MessagesRequest
+
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(ValidationError):
+        MessagesRequest.model_validate(body)
+
+
+def test_tool_arguments_no_json_response_can_carry_become_an_empty_input():
+    from deployments.protocol import delta_event, end_event
+    from router.wire.anthropic import MessageWriter
+
+    call = {"index": 0, "id": "abcdefghi", "function": {"name": "f", "arguments": '{"x": NaN, "y": 1e999}'}}
+    body = MessageWriter("msg_1", "m").full([delta_event(tool_calls=[call]),
+                                             end_event(finish_reason="tool_calls", prompt_tokens=1,
+                                                       completion_tokens=1, reasoning_tokens=0)])
+    assert body["content"][0]["input"] == {}
+    json.dumps(body, allow_nan=False)  # what JSONResponse does: must not raise

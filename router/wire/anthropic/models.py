@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from router.api_models import MAX_INT32
 from router.unicode_text import check_unicode
 
 MODEL_NAME = "Magistral Small 2506"
@@ -115,6 +116,8 @@ class Message(_Body):
 
     @model_validator(mode="after")
     def _blocks_fit_role(self) -> Message:
+        if isinstance(self.content, list) and not self.content:
+            raise PydanticCustomError("empty_content", "a message needs at least one content block")
         if isinstance(self.content, list):
             for block in self.content:
                 if block.type in _NOT_IN[self.role]:
@@ -189,11 +192,11 @@ class CountTokensRequest(_Body):
 class MessagesRequest(CountTokensRequest):
     """POST /v1/messages."""
 
-    max_tokens: int = Field(ge=1)
-    stop_sequences: list[str] | None = None
+    max_tokens: int = Field(ge=1, le=MAX_INT32)
+    stop_sequences: list[Annotated[str, Field(min_length=1)]] | None = None
     temperature: float | None = Field(None, ge=0, le=1)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=MAX_INT32)
     stream: bool = False
     metadata: Metadata | None = None
 

@@ -70,6 +70,7 @@ def _tool_input(arguments: str) -> dict:
     """A call's arguments as the object Anthropic's `input` is ({} when empty or not an object)."""
     try:
         value = json.loads(arguments) if arguments.strip() else {}
+        json.dumps(value, allow_nan=False)  # NaN, Infinity, 1e999: no JSON response can carry them
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
