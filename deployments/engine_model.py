@@ -1,0 +1,340 @@
+"""An engine model of one GPU replica of Magistral Small 2506: vLLM's continuous batching, step by step.
+
+Pure and deterministic: no Ray, no asyncio, no wall clock, no randomness. `EngineModel.step()`
+schedules one engine step the way vLLM's V1 scheduler does (policy "fcfs", chunked prefill on) and
+says how long that step takes on the profiled hardware, so a caller can run it in real time (a
+stub replica sleeping `duration_s`) or in virtual time (a fleet simulator adding it to a clock).
+
+What it models, after vllm/v1/core/sched/scheduler.py (`Scheduler.schedule`):
+- One token budget per step (`max_num_batched_tokens`) shared by prefill chunks and decodes.
+- Running requests first, in admission order: a decoding request takes 1 token of the budget, a
+  request still prefilling takes what it has left, up to the remaining budget (chunked prefill).
+- Then waiting requests, first come first served, while budget, `max_num_seqs` and KV room allow;
+  none are admitted in a step that preempted (as vLLM).
+- KV holds every token computed so far; when a running request's new tokens do not fit, the most
+  recently admitted running request is preempted: its KV is freed and it goes back to the front
+  of the waiting queue, to prefill prompt and generated tokens again (recompute).
+- The step that completes a request's prefill samples its first token; each decode step one more.
+
+Simplifications (deliberate): KV counted in tokens, not 16-token blocks; every request holds the
+KV of its whole context, even the part shared through the prefix cache (vLLM shares those blocks);
+the prefix cache is its own LRU of whole prefixes bounded by `prefix_cache_tokens` (vLLM keeps
+cached blocks in the free part of the KV pool, per block); no speculative decoding, no
+`long_prefill_token_threshold`, no async scheduling.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GPUProfile:
+    """One replica's hardware as the engine sees it, and a linear model of one step's duration.
+
+    step_s = base_s
+             + prefill_s_per_token * prefill_tokens
+             + decode_s_per_seq * decoding_seqs
+             + attention_s_per_kv_token * kv_tokens_in_batch
+    """
+
+    name: str
+    max_num_batched_tokens: int  # token budget of one step, shared by prefill chunks and decodes
+    max_num_seqs: int  # most requests running (holding KV, scheduled) at once
+    kv_capacity_tokens: int  # tokens the KV cache holds, all requests together
+    # Fixed cost of any step: reading all weights once from HBM (decode is memory-bound at small
+    # batch), plus scheduling, sampling and kernel launches. The batch-1 decode step.
+    base_s: float
+    # Compute of one prompt token through the model (~2 x 23.6 GFLOP, plus the all-reduce of its
+    # activations under tensor parallelism): prefill is compute-bound.
+    prefill_s_per_token: float
+    # Marginal cost of one more decoding sequence: its share of matmul compute and sampling beyond
+    # the weight read already paid in base_s.
+    decode_s_per_seq: float
+    # Reading one cached token's K and V (160 KiB in bf16, split across TP ranks) for attention, per
+    # token of context of every request in the batch; grows with batch x context length.
+    attention_s_per_kv_token: float
+    prefix_cache_tokens: int  # capacity of the prefix cache (shared prompt prefixes), in tokens
+
+    def step_s(self, prefill_tokens: int, decoding_seqs: int, kv_tokens_in_batch: int) -> float:
+        return (self.base_s + self.prefill_s_per_token * prefill_tokens
+                + self.decode_s_per_seq * decoding_seqs
+                + self.attention_s_per_kv_token * kv_tokens_in_batch)
+
+
+# Calibration. ESTIMATES from public specifications and roofline arithmetic, not measurements:
+# replace them with fits to real vLLM step timings once the pools run.
+# Model (Magistral Small 2506 = Mistral Small 3.1 architecture, HF config.json / model card):
+# 23.6B parameters, 40 layers, 32 query heads, 8 KV heads, head_dim 128, hidden 5120, vocab 131072.
+#   bf16 weights: 23.6e9 x 2 B = 47.1 GB (43.9 GiB). FP8 (linear layers FP8, embedding and lm_head
+#   bf16): ~22.2e9 x 1 B + 1.34e9 x 2 B = ~24.9 GB (23.2 GiB).
+#   KV per token (bf16 KV cache; `quantization: fp8` quantizes weights only):
+#   40 layers x 8 KV heads x 128 dim x 2 (K, V) x 2 B = 163,840 B = 160 KiB; under TP 2 each rank
+#   holds 4 KV heads: 80 KiB per token per GPU.
+#   FLOPs per token ~ 2 x 23.6e9 = 47 GFLOP (plus attention, lumped into the attention term).
+# Engine settings: max_num_seqs and gpu_memory_utilization from configs/production.yaml (pools
+# long, short, rtx4090); max_num_batched_tokens = vLLM 0.32's default for an OpenAI server
+# (vllm/engine/arg_utils.py: 8192 on GPUs with >= 70 GiB other than A100, else 2048).
+
+# H100 80 GB SXM5 (AWS p5.4xlarge, pool "long"), TP 1, bf16. NVIDIA H100 datasheet: 3.35 TB/s
+# HBM3, 989 TFLOPS dense bf16. Decode: 47.1 GB / (3.35 TB/s x ~0.7 achieved) = ~20 ms + ~1-2 ms
+# scheduling/sampling -> base 21 ms (~47 tok/s single stream). (An H100 PCIe at 2.0 TB/s would be
+# ~28-30 ms.) Prefill at ~55 % of peak: 47 GFLOP / 545 TFLOPS = ~85 us/token (~12k tok/s).
+# KV: 80 GB card = 79.6 GiB; x 0.90 = 71.7 GiB - 43.9 GiB weights - ~3 GiB activations, CUDA
+# graphs, non-torch memory = ~24.8 GiB / 160 KiB = ~162k tokens -> 160,000.
+# Attention: 160 KiB / (3.35 TB/s x 0.7) = ~70 ns per context token per step.
+H100_TP1 = GPUProfile(
+    name="H100-80GB-TP1-bf16",
+    max_num_batched_tokens=8192,
+    max_num_seqs=48,
+    kv_capacity_tokens=160_000,
+    base_s=0.021,
+    prefill_s_per_token=85e-6,
+    decode_s_per_seq=60e-6,
+    attention_s_per_kv_token=70e-9,
+    prefix_cache_tokens=40_000,  # a quarter of the KV pool left to cached prefixes
+)
+
+# 2x L40S 48 GB (pool "short"), TP 2 over PCIe (no NVLink), bf16. NVIDIA L40S datasheet: 864 GB/s
+# GDDR6, 362 TFLOPS dense bf16 per GPU. Decode: each GPU reads half the weights, 23.6 GB /
+# (864 GB/s x ~0.8) = ~34 ms, + 80 all-reduces per step over PCIe (~25 us each) = ~2 ms, + ~2 ms
+# scheduling/sampling -> base 38 ms (slower than one H100: GDDR6, not HBM). Prefill: 47 GFLOP /
+# (2 x 362 TFLOPS x ~0.5) = ~130 us + all-reduce of 80 x 10 KiB activations per token at ~25 GB/s
+# = ~33 us -> ~165 us/token (~6k tok/s). KV per GPU: 44.99 GiB x 0.90 = 40.5 GiB - 21.95 GiB
+# weights - ~2.5 GiB overhead = ~16 GiB / 80 KiB = ~210k tokens -> 200,000 (more room than one
+# H100: two cards, each holding half the weights). Attention: 80 KiB / (864 GB/s x 0.75) = ~125 ns.
+L40S_TP2 = GPUProfile(
+    name="L40S-48GB-x2-TP2-bf16",
+    max_num_batched_tokens=2048,
+    max_num_seqs=64,
+    kv_capacity_tokens=200_000,
+    base_s=0.038,
+    prefill_s_per_token=165e-6,
+    decode_s_per_seq=100e-6,
+    attention_s_per_kv_token=125e-9,
+    prefix_cache_tokens=50_000,
+)
+
+# 2x RTX 4090 24 GB (pool "rtx4090", BYO hosts), TP 2, FP8 weights. NVIDIA Ada (AD102) whitepaper:
+# 1008 GB/s GDDR6X, 330 TFLOPS dense FP8 (FP32 accumulate) per GPU; GeForce cards have no P2P, so
+# NCCL all-reduces go through host memory. Decode: 12.45 GB per GPU / (1008 GB/s x ~0.8) = ~15.5
+# ms, + 80 all-reduces through the host (~60 us each) = ~5 ms, + ~2 ms -> base 23 ms. Prefill:
+# 47 GFLOP / (2 x 330 TFLOPS x ~0.4) = ~180 us + activations through the host at ~10 GB/s = ~80 us
+# -> ~260 us/token (~3.8k tok/s). KV per GPU: 23.99 GiB x 0.92 = 22.1 GiB - 11.6 GiB weights -
+# ~2 GiB overhead = ~8.5 GiB / 80 KiB = ~111k tokens -> 100,000. Attention: 80 KiB / (1008 GB/s x
+# 0.75) = ~110 ns.
+RTX4090_FP8_TP2 = GPUProfile(
+    name="RTX4090-24GB-x2-TP2-fp8",
+    max_num_batched_tokens=2048,
+    max_num_seqs=32,
+    kv_capacity_tokens=100_000,
+    base_s=0.023,
+    prefill_s_per_token=260e-6,
+    decode_s_per_seq=120e-6,
+    attention_s_per_kv_token=110e-9,
+    prefix_cache_tokens=25_000,
+)
+
+PROFILES: dict[str, GPUProfile] = {"H100_TP1": H100_TP1, "L40S_TP2": L40S_TP2, "RTX4090_FP8_TP2": RTX4090_FP8_TP2}
+
+
+@dataclass(frozen=True)
+class RequestStep:
+    """What one step did for one request."""
+
+    tokens: int  # tokens emitted this step: 0 while prefilling, else 1
+    first_token: bool  # this step emitted the request's first token
+    finished: bool  # the request emitted its last token this step and left the engine
+    scheduled_tokens: int = 0  # tokens the step computed for it (prefill chunk, or 1 decoding)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    duration_s: float  # 0.0 when nothing was scheduled (an idle engine takes no step)
+    requests: dict[str, RequestStep]  # every request scheduled this step
+    preempted: tuple[str, ...] = ()  # requests whose KV was freed this step (back to waiting)
+    prefill_tokens: int = 0
+    decoding_seqs: int = 0
+    kv_tokens_in_batch: int = 0
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    kv_usage: float  # 0..1 of kv_capacity_tokens
+    queued_tokens: int  # prompt tokens not yet in KV + completion tokens not yet generated
+
+
+@dataclass(eq=False)
+class _Request:
+    request_id: str
+    prompt_tokens: int
+    output_tokens: int
+    prefix_key: str | None
+    prefix_tokens: int
+    computed: int = 0  # tokens whose KV is cached (prompt, then generated ones)
+    generated: int = 0
+
+    @property
+    def known(self) -> int:
+        """Tokens that exist: the prompt and what was generated. KV must cover them all to sample."""
+        return self.prompt_tokens + self.generated
+
+    @property
+    def decoding(self) -> bool:
+        return self.generated > 0 and self.computed == self.known - 1
+
+
+@dataclass
+class EngineModel:
+    profile: GPUProfile
+    _running: list[_Request] = field(default_factory=list)  # admission order
+    _waiting: deque[_Request] = field(default_factory=deque)
+    _requests: dict[str, _Request] = field(default_factory=dict)
+    _kv_used: int = 0
+    _prefix_cache: OrderedDict[str, int] = field(default_factory=OrderedDict)  # LRU: oldest first
+
+    def add(self, request_id: str, prompt_tokens: int, output_tokens: int,
+            prefix_key: str | None = None, prefix_tokens: int = 0) -> None:
+        """Queue a request that will generate `output_tokens` tokens (>= 1) after its prompt."""
+        if request_id in self._requests:
+            raise ValueError(f"request {request_id!r} already in the engine")
+        if prompt_tokens < 1 or output_tokens < 1:
+            raise ValueError("prompt_tokens and output_tokens must be >= 1")
+        if not 0 <= prefix_tokens <= prompt_tokens:
+            raise ValueError("prefix_tokens must be within 0..prompt_tokens")
+        if prompt_tokens + output_tokens > self.profile.kv_capacity_tokens:
+            # vLLM refuses such a request (max_model_len must fit in the KV cache at startup).
+            raise ValueError(f"{prompt_tokens} + {output_tokens} tokens exceed the KV capacity "
+                             f"{self.profile.kv_capacity_tokens} of {self.profile.name}")
+        request = _Request(request_id, prompt_tokens, output_tokens,
+                           prefix_key if prefix_tokens else None, prefix_tokens)
+        self._requests[request_id] = request
+        self._waiting.append(request)
+
+    def cancel(self, request_id: str) -> bool:
+        """Drop a request, freeing its KV. False if the engine does not hold it."""
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return False
+        if request in self._waiting:
+            self._waiting.remove(request)
+        else:
+            self._running.remove(request)
+        self._kv_used -= request.computed
+        return True
+
+    @property
+    def idle(self) -> bool:
+        return not self._requests
+
+    def stats(self) -> EngineStats:
+        queued = sum(max(0, r.prompt_tokens - r.computed) + r.output_tokens - r.generated
+                     for r in self._requests.values())
+        return EngineStats(running=len(self._running), waiting=len(self._waiting),
+                           kv_usage=self._kv_used / self.profile.kv_capacity_tokens, queued_tokens=queued)
+
+    def prefix_cached(self, prefix_key: str) -> int:
+        """Tokens of `prefix_key` in the prefix cache (0: not cached). Does not touch the LRU order."""
+        return self._prefix_cache.get(prefix_key, 0)
+
+    def step(self) -> StepResult:
+        """Schedule and run one engine step; return what it did and how long it took."""
+        p = self.profile
+        budget = p.max_num_batched_tokens
+        scheduled: dict[str, int] = {}
+        preempted: list[str] = []
+
+        # Running requests first, in admission order.
+        index = 0
+        while index < len(self._running) and budget > 0:
+            request = self._running[index]
+            new = min(request.known - request.computed, budget)
+            preempted_itself = False
+            while self._kv_used + new > p.kv_capacity_tokens:
+                victim = self._running.pop()  # the most recently admitted
+                self._preempt(victim)
+                preempted.append(victim.request_id)
+                if victim is request:
+                    preempted_itself = True
+                    break
+            if preempted_itself:
+                break  # nothing left to preempt: it waits, and so does everything after it
+            self._allocate(request, new, scheduled)
+            budget -= new
+            index += 1
+
+        # Then waiting requests, FIFO, unless this step had to preempt.
+        while not preempted and self._waiting and budget > 0 and len(self._running) < p.max_num_seqs:
+            request = self._waiting[0]
+            hit = self._prefix_hit(request)
+            new = min(request.known - hit, budget)
+            if self._kv_used + hit + new > p.kv_capacity_tokens:
+                break
+            self._waiting.popleft()
+            self._running.append(request)
+            if hit:
+                self._prefix_cache.move_to_end(request.prefix_key)
+                request.computed = hit
+                self._kv_used += hit
+            self._allocate(request, new, scheduled)
+            budget -= new
+
+        if not scheduled:
+            return StepResult(0.0, {}, tuple(preempted))
+
+        prefill_tokens = decoding_seqs = kv_in_batch = 0
+        for request_id, new in scheduled.items():
+            request = self._requests[request_id]
+            if request.decoding:
+                decoding_seqs += 1
+            else:
+                prefill_tokens += new
+            kv_in_batch += request.computed + new
+        duration = p.step_s(prefill_tokens, decoding_seqs, kv_in_batch)
+
+        results: dict[str, RequestStep] = {}
+        for request_id, new in scheduled.items():
+            request = self._requests[request_id]
+            request.computed += new
+            emitted = request.computed == request.known
+            if emitted:
+                if request.generated == 0:
+                    self._fill_prefix_cache(request)
+                request.generated += 1
+            finished = request.generated == request.output_tokens
+            if finished:
+                self._running.remove(request)
+                del self._requests[request_id]
+                self._kv_used -= request.computed
+            results[request_id] = RequestStep(tokens=int(emitted), first_token=emitted and request.generated == 1,
+                                              finished=finished, scheduled_tokens=new)
+        return StepResult(duration, results, tuple(preempted), prefill_tokens, decoding_seqs, kv_in_batch)
+
+    def _allocate(self, request: _Request, new: int, scheduled: dict[str, int]) -> None:
+        self._kv_used += new  # KV grows by the tokens this step computes
+        scheduled[request.request_id] = new
+
+    def _preempt(self, request: _Request) -> None:
+        """vLLM's recompute preemption: free all its KV; it prefills prompt + generated again."""
+        self._kv_used -= request.computed
+        request.computed = 0
+        self._waiting.appendleft(request)
+
+    def _prefix_hit(self, request: _Request) -> int:
+        if request.prefix_key is None:
+            return 0
+        cached = self._prefix_cache.get(request.prefix_key, 0)
+        # vLLM always computes at least the last known token: its logits give the next token.
+        return min(cached, request.prefix_tokens, request.known - 1)
+
+    def _fill_prefix_cache(self, request: _Request) -> None:
+        key, tokens = request.prefix_key, request.prefix_tokens
+        if key is None or tokens > self.profile.prefix_cache_tokens:
+            return
+        self._prefix_cache[key] = max(tokens, self._prefix_cache.get(key, 0))
+        self._prefix_cache.move_to_end(key)
+        while sum(self._prefix_cache.values()) > self.profile.prefix_cache_tokens:
+            self._prefix_cache.popitem(last=False)  # least recently used

@@ -1,0 +1,272 @@
+import dataclasses
+import math
+
+import pytest
+
+from deployments.engine_model import (
+    H100_TP1,
+    L40S_TP2,
+    PROFILES,
+    RTX4090_FP8_TP2,
+    EngineModel,
+    GPUProfile,
+    StepResult,
+)
+
+# Round numbers so expected durations can be written out by hand.
+TINY = GPUProfile(name="tiny", max_num_batched_tokens=100, max_num_seqs=8, kv_capacity_tokens=10_000,
+                  base_s=0.01, prefill_s_per_token=0.001, decode_s_per_seq=0.002,
+                  attention_s_per_kv_token=0.00001, prefix_cache_tokens=300)
+
+
+def tiny(**changes) -> EngineModel:
+    return EngineModel(dataclasses.replace(TINY, **changes))
+
+
+def run(engine: EngineModel, max_steps: int = 100_000) -> tuple[list[tuple[float, StepResult]], dict]:
+    """Step until idle. Returns (end time, result) per step and, per request, its event times."""
+    now, steps = 0.0, []
+    events: dict[str, dict] = {}
+    for _ in range(max_steps):
+        if engine.idle:
+            return steps, events
+        result = engine.step()
+        now += result.duration_s
+        steps.append((now, result))
+        for request_id, r in result.requests.items():
+            e = events.setdefault(request_id, {"tokens": 0, "first": [], "finished": None})
+            e["tokens"] += r.tokens
+            if r.first_token:
+                e["first"].append(now)
+            if r.finished:
+                e["finished"] = now
+    raise AssertionError("engine did not drain")
+
+
+def test_single_request_ttft_is_its_prefill_steps_then_one_token_per_decode_step():
+    engine = tiny()
+    engine.add("a", prompt_tokens=250, output_tokens=5)
+    steps, events = run(engine)
+    prefill = [engine.profile.step_s(100, 0, 100), engine.profile.step_s(100, 0, 200),
+               engine.profile.step_s(50, 0, 250)]
+    assert [r.duration_s for _, r in steps[:3]] == pytest.approx(prefill)
+    assert [r.requests["a"].tokens for _, r in steps[:3]] == [0, 0, 1]
+    assert events["a"]["first"] == [pytest.approx(sum(prefill))]
+    decodes = [r for _, r in steps[3:]]
+    assert len(decodes) == 4 and all(r.requests["a"].tokens == 1 and r.decoding_seqs == 1 for r in decodes)
+    # Each decode step attends to one more token of context.
+    assert [r.duration_s for r in decodes] == pytest.approx(
+        [engine.profile.step_s(0, 1, 251 + i) for i in range(4)])
+    assert events["a"]["tokens"] == 5 and decodes[-1].requests["a"].finished
+    assert engine.idle and engine.stats().kv_usage == 0
+
+
+def _throughput(concurrent: int) -> tuple[float, float]:
+    engine = EngineModel(H100_TP1)
+    for i in range(concurrent):
+        engine.add(f"r{i}", prompt_tokens=500, output_tokens=200)
+    steps, events = run(engine)
+    total_s = steps[-1][0]
+    per_request = [199 / (e["finished"] - e["first"][0]) for e in events.values()]  # decode tokens/s
+    return concurrent * 200 / total_s, min(per_request)
+
+
+def test_batching_raises_throughput_and_lowers_each_requests_token_rate():
+    one, one_each = _throughput(1)
+    many, many_each = _throughput(32)
+    assert many > 10 * one  # 32 streams share each weight read
+    assert many_each < one_each  # but each step is longer
+    assert 40 < one_each < 50  # ~21 ms per decode step at batch 1 on H100 (see the calibration)
+
+
+def test_long_prompt_prefills_in_chunks_while_running_decodes_keep_their_token():
+    engine = tiny()
+    engine.add("lone", prompt_tokens=450, output_tokens=1)
+    steps, _ = run(engine)
+    assert len(steps) == math.ceil(450 / 100)  # budget-sized chunks, nothing else running
+
+    engine = tiny()
+    engine.add("dec", prompt_tokens=10, output_tokens=50)
+    engine.step()  # prefill + first token
+    engine.add("long", prompt_tokens=350, output_tokens=2)
+    chunks = []
+    while True:
+        result = engine.step()
+        assert result.requests["dec"].tokens == 1 and result.decoding_seqs == 1
+        chunks.append(result.requests["long"].scheduled_tokens)
+        if result.requests["long"].first_token:
+            break
+    assert chunks == [99, 99, 99, 53]  # the decode takes 1 token of each step's budget of 100
+    assert len(chunks) == math.ceil(350 / (100 - 1))
+
+
+def test_max_num_seqs_makes_requests_wait_until_one_finishes():
+    engine = tiny(max_num_seqs=2)
+    engine.add("a", 10, 3)
+    engine.add("b", 10, 8)
+    engine.add("c", 10, 3)
+    first = engine.step()
+    assert set(first.requests) == {"a", "b"}
+    assert (engine.stats().running, engine.stats().waiting) == (2, 1)
+    engine.step()
+    finish = engine.step()
+    assert finish.requests["a"].finished and "c" not in finish.requests
+    after = engine.step()
+    assert after.requests["c"].scheduled_tokens == 10  # admitted the step after a slot freed
+    _, events = run(engine)
+    assert events["c"]["tokens"] == 2  # c's remaining tokens (1 already emitted)
+
+
+def test_kv_capacity_makes_requests_wait_until_kv_frees():
+    engine = tiny(kv_capacity_tokens=250, max_num_batched_tokens=1000)
+    for name in "abc":
+        engine.add(name, prompt_tokens=100, output_tokens=10)
+    first = engine.step()
+    assert set(first.requests) == {"a", "b"}  # c's 100 prompt tokens do not fit in the 50 left
+    assert engine.stats().waiting == 1
+    steps, events = run(engine)
+    c_start = next(i for i, (_, r) in enumerate(steps) if "c" in r.requests)
+    assert steps[c_start - 1][1].requests["a"].finished  # it starts as soon as others finish
+    assert all(not r.preempted for _, r in steps)
+    assert events["c"]["tokens"] == 10
+
+
+def test_preemption_frees_kv_and_the_preempted_request_recomputes_and_completes():
+    engine = tiny(kv_capacity_tokens=250, max_num_batched_tokens=1000)
+    engine.add("a", prompt_tokens=100, output_tokens=100)
+    engine.add("b", prompt_tokens=100, output_tokens=100)
+    kv_before = None
+    steps = []
+    while not engine.idle:
+        kv_before = engine.stats().kv_usage
+        result = engine.step()
+        steps.append(result)
+        assert 0 <= engine.stats().kv_usage <= 1
+        if result.preempted:
+            break
+    assert result.preempted == ("b",)  # the most recently admitted
+    assert "b" not in result.requests and result.requests["a"].tokens == 1
+    assert engine.stats().kv_usage < kv_before and engine.stats().waiting == 1
+    b_tokens_before = sum(r.requests["b"].tokens for r in steps if "b" in r.requests)
+    assert 0 < b_tokens_before < 100
+
+    rest, events = run(engine)
+    # b recomputes its prompt and the tokens it had generated, in one prefill chunk, then goes on.
+    recompute = next(r.requests["b"] for _, r in rest if "b" in r.requests)
+    assert recompute.scheduled_tokens == 100 + b_tokens_before and recompute.tokens == 1
+    assert not recompute.first_token and events["b"]["first"] == []
+    assert b_tokens_before + events["b"]["tokens"] == 100
+    assert events["b"]["finished"] > events["a"]["finished"]
+    assert all("a" not in r.preempted for _, r in rest)
+
+
+def test_prefix_cache_hit_skips_the_prefix_and_shortens_ttft():
+    engine = tiny()
+    engine.add("a", prompt_tokens=250, output_tokens=1, prefix_key="sys", prefix_tokens=200)
+    steps_a, events_a = run(engine)
+    assert engine.prefix_cached("sys") == 200
+    engine.add("b", prompt_tokens=250, output_tokens=1, prefix_key="sys", prefix_tokens=200)
+    steps_b, events_b = run(engine)
+    assert len(steps_a) == 3 and len(steps_b) == 1
+    assert steps_b[0][1].prefill_tokens == 50  # the 200 cached tokens are skipped
+    ttft_a, ttft_b = events_a["a"]["first"][0], events_b["b"]["first"][0]
+    assert ttft_b == pytest.approx(engine.profile.step_s(50, 0, 250))
+    assert ttft_a - ttft_b == pytest.approx(  # the two steps that prefilled the 200 prefix tokens
+        engine.profile.step_s(100, 0, 100) + engine.profile.step_s(100, 0, 200))
+
+    # A different prefix misses.
+    engine.add("c", prompt_tokens=250, output_tokens=1, prefix_key="other", prefix_tokens=200)
+    assert len(run(engine)[0]) == 3
+
+
+def test_prefix_cache_evicts_least_recently_used_beyond_capacity():
+    engine = tiny(prefix_cache_tokens=300)
+
+    def finish(key: str, tokens: int = 100) -> None:
+        engine.add(key + "-req", prompt_tokens=tokens + 5, output_tokens=1, prefix_key=key, prefix_tokens=tokens)
+        run(engine)
+
+    for key in "abc":
+        finish(key)
+    assert [engine.prefix_cached(k) for k in "abc"] == [100, 100, 100]
+    finish("a")  # a hit: "a" becomes the most recently used, "b" the least
+    finish("d")
+    assert [engine.prefix_cached(k) for k in "abcd"] == [100, 0, 100, 100]
+    finish("huge", 400)  # larger than the whole cache: not cached, evicts nothing
+    assert engine.prefix_cached("huge") == 0 and engine.prefix_cached("c") == 100
+
+
+def test_cancel_frees_kv():
+    engine = tiny()
+    engine.add("a", prompt_tokens=150, output_tokens=10)
+    engine.add("w", prompt_tokens=10, output_tokens=10)
+    engine.step()
+    assert engine.stats().kv_usage == pytest.approx(100 / 10_000)
+    assert engine.cancel("a")
+    assert engine.stats().kv_usage == 0 and engine.stats().running == 0
+    assert not engine.cancel("a")
+    assert engine.cancel("w") and engine.idle
+    assert engine.step().duration_s == 0.0 and engine.stats().queued_tokens == 0
+
+
+def test_stats_stay_consistent_until_everything_finishes():
+    engine = EngineModel(L40S_TP2)
+    sizes = [(300 + 13 * i, 20 + 7 * i) for i in range(80)]  # more than max_num_seqs, fits the KV
+    for i, (prompt, output) in enumerate(sizes):
+        engine.add(f"r{i}", prompt, output, prefix_key="sys" if i % 2 else None, prefix_tokens=200 if i % 2 else 0)
+    stats = engine.stats()
+    assert stats.queued_tokens == sum(p + o for p, o in sizes) and stats.waiting == 80
+    previous = stats.queued_tokens
+    while not engine.idle:
+        result = engine.step()
+        stats = engine.stats()
+        assert 0 <= stats.kv_usage <= 1
+        assert stats.running <= L40S_TP2.max_num_seqs and stats.running + stats.waiting <= 80
+        assert result.prefill_tokens + result.decoding_seqs <= L40S_TP2.max_num_batched_tokens
+        assert not result.preempted and stats.queued_tokens <= previous
+        previous = stats.queued_tokens
+    assert engine.stats() == type(stats)(running=0, waiting=0, kv_usage=0.0, queued_tokens=0)
+
+
+def test_deterministic():
+    def trace():
+        engine = EngineModel(RTX4090_FP8_TP2)
+        for i in range(40):
+            engine.add(f"r{i}", 1000 + 37 * i, 50 + i)
+        return run(engine)
+
+    assert trace() == trace()
+
+
+def test_add_rejects_bad_requests():
+    engine = tiny(kv_capacity_tokens=1000)
+    engine.add("a", 10, 10)
+    with pytest.raises(ValueError):
+        engine.add("a", 10, 10)
+    with pytest.raises(ValueError):
+        engine.add("b", 990, 11)  # could never fit in the KV cache
+    with pytest.raises(ValueError):
+        engine.add("c", 10, 0)
+    with pytest.raises(ValueError):
+        engine.add("d", 10, 1, prefix_key="k", prefix_tokens=11)
+
+
+def test_profiles_follow_their_sources():
+    assert PROFILES == {"H100_TP1": H100_TP1, "L40S_TP2": L40S_TP2, "RTX4090_FP8_TP2": RTX4090_FP8_TP2}
+    kv_bytes_per_token = 40 * 8 * 128 * 2 * 2
+    assert kv_bytes_per_token == 160 * 1024
+    # Batch-1 decode: one HBM H100 beats two GDDR6 L40S (each reading half the bf16 weights); two
+    # 4090s reading half the FP8 weights each land near the H100.
+    decode = {name: p.step_s(0, 1, 1000) for name, p in PROFILES.items()}
+    assert decode["H100_TP1"] < decode["RTX4090_FP8_TP2"] < decode["L40S_TP2"]
+    assert 0.018 < decode["H100_TP1"] < 0.025 and 0.035 < decode["L40S_TP2"] < 0.045
+    # Prefill is compute-bound: H100 fastest; the 4090s pay all-reduces through host memory.
+    assert H100_TP1.prefill_s_per_token < L40S_TP2.prefill_s_per_token < RTX4090_FP8_TP2.prefill_s_per_token
+    assert 10_000 < 1 / H100_TP1.prefill_s_per_token < 15_000
+    # KV: two L40S hold more than one H100 (each card has half the weights); 2x24 GB the least.
+    assert L40S_TP2.kv_capacity_tokens > H100_TP1.kv_capacity_tokens > RTX4090_FP8_TP2.kv_capacity_tokens
+    h100_kv_gib = 81559 / 1024 * 0.90 - 23.6e9 * 2 / 2**30 - 3  # 81,559 MiB card, 0.90, weights, overhead
+    assert H100_TP1.kv_capacity_tokens == pytest.approx(h100_kv_gib * 2**30 / kv_bytes_per_token, rel=0.05)
+    for p in PROFILES.values():
+        assert p.prefix_cache_tokens < p.kv_capacity_tokens
+        assert p.max_num_batched_tokens in (2048, 8192)  # vLLM's OpenAI-server defaults
