@@ -222,14 +222,15 @@ class RouterIngress:
     @app.post("/v1/chat/completions", responses=errors.GENERATION_ERRORS)
     async def chat_completions(self, body: ChatCompletionRequest, request: Request, tenant: Tenant = Depends(_tenant)):
         request_id, rt = self._begin(request, body, "chat")
+        writer = ResponseWriter("chat", f"chatcmpl-{request_id}", body.model)
         return await self._chat(request_id, rt, tenant, body, body.message_dicts(), body.tools, body.tool_choice,
-                                ResponseWriter("chat", f"chatcmpl-{request_id}", body.model))
+                                lambda admission: OpenAIAnswer(writer, body))
 
     async def _chat(self, request_id: str, rt: RequestTrace, tenant: Tenant, body, messages: list[dict],
-                    tools: list[dict] | None, tool_choice, writer, exact: bool = False):
+                    tools: list[dict] | None, tool_choice, answer_for, exact: bool = False):
         """A chat request of either API: the same admission, quota, routing and billing.
-        `writer` is OpenAI's ResponseWriter or a factory of the Anthropic answer that needs the
-        exact prompt count (exact=True)."""
+        `answer_for(admission)` makes the API's answer adapter (router/wire/answer_formats.py);
+        exact=True always counts the prompt (an answer that states it up front needs it)."""
         messages = with_system_prompt(messages, self._config.system_prompt)
         if rt.capture_content:
             rt.set({A.INPUT_MESSAGES: messages_attribute(messages, None)})
@@ -244,8 +245,7 @@ class RouterIngress:
         bound = None if exact else chat_upper_bound(messages, tools)
         job_, admission, meter = await self._admit(rt, tenant, body, bound,
                                                    lambda: self._counter.count_chat(messages, tools), job)
-        answer = OpenAIAnswer(writer, body) if isinstance(writer, ResponseWriter) else writer(admission)
-        return await self._serve(job_, admission, meter, answer, body, rt)
+        return await self._serve(job_, admission, meter, answer_for(admission), body, rt)
 
     @app.post("/v1/completions", responses=errors.GENERATION_ERRORS)
     async def completions(self, body: CompletionRequest, request: Request, tenant: Tenant = Depends(_tenant)):
@@ -267,8 +267,6 @@ class RouterIngress:
     async def messages(self, body: anthropic.MessagesRequest, request: Request, tenant: Tenant = Depends(_tenant)):
         request_id, rt = self._begin(request, body, "chat")
         chat = anthropic.to_chat(body)
-        if rt.capture_content:
-            rt.set({A.INPUT_MESSAGES: messages_attribute(chat.messages, None)})
 
         def answer(admission: Admission) -> AnthropicAnswer:
             # Counted exactly (exact=True): message_start states the input tokens billed.
