@@ -1,29 +1,42 @@
-"""STUB replica: behaves like a vLLM replica of one GPU class, for tests and local runs only.
+"""STUB replica: behaves like a vLLM replica of one GPU class, for tests, local runs and benchmarks.
 
 It is not a model. It counts prompt tokens with the real Tekken tokenizer (only when the router did
-not hand over a count), writes deterministic `<think>...</think>` text then an answer, one real
-Tekken token at a time, and emulates the speed of a GPU class: `prefill_tokens_per_s` before the
-first token and `decode_ms_per_token` between tokens. `max_tokens` and `stop` are honoured;
-generation stops when the caller goes away (Serve cancels the generator). It publishes routing
-stats (queued tokens, ongoing requests) through `record_routing_stats`.
+not hand over a count) and writes deterministic `<think>...</think>` text then an answer, in real
+Tekken tokens. Its speed comes from one of two engines:
+- `gpu` (an engine model profile, deployments/engine_model.py): one step loop per replica runs
+  the model of a loaded GPU in real time (continuous batching, a token budget per step, KV
+  capacity, prefix cache), so a replica holding 40 requests is slower than an idle one;
+- fixed rates (`prefill_tokens_per_s`, `decode_ms_per_token`): every request sleeps on its own, at
+  the same speed however many the replica holds. For functional tests, and zero-delay replicas.
+`max_tokens`, `stop` and `ignore_eos` are honoured; generation stops when the caller goes away
+(Serve cancels the generator). It publishes the routing stats and engine stats (running, waiting,
+KV usage) that the vLLM replica publishes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import itertools
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from ray import serve
 
+from deployments.engine_loop import EngineLoop
+from deployments.engine_model import PROFILES
 from deployments.protocol import GenerateRequest, delta_event, end_event, error_event, start_event
 from deployments.reasoning_split import RawText, ThinkSplitter
 from deployments.replica_load import ReplicaIdentity, ReplicaLoadTracker
 from deployments.stop_strings import StopMatcher
-from deployments.stub_text import last_user_text, stub_completion_text
+from deployments.stub_text import FILLER_TEXT, last_user_text, stub_completion_text
 from router.telemetry.metrics import ReplicaMetrics
 from router.telemetry.otel_setup import configure_tracing
 from router.telemetry.replica_span import GenerationSpan
 from router.tokens import TekkenCounter
+
+PREFIX_COUNTS_KEPT = 1024  # distinct system prompts whose token count is remembered
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=128)
@@ -35,11 +48,22 @@ class StubReplica:
         prefill_tokens_per_s: float = 50_000.0,
         decode_ms_per_token: float = 5.0,
         tokenizer_path: str | None = None,
+        gpu: str | list[str] | None = None,
+        time_scale: float = 1.0,
+        emit_interval_ms: float = 0.0,
     ):
+        if isinstance(gpu, list):  # one deployment over mixed GPUs: this replica's is its rank's
+            gpu = gpu[serve.get_replica_context().rank.rank % len(gpu)]
+            accelerator = f"{gpu}-emulated"
         self._id = ReplicaIdentity.current(pool, accelerator)
         self._prefill_rate = float(prefill_tokens_per_s)
         self._decode_s = float(decode_ms_per_token) / 1000.0
+        self._engine = EngineLoop(PROFILES[gpu], time_scale) if gpu else None
+        self._emit_interval_s = float(emit_interval_ms) / 1000.0
         self._counter = TekkenCounter(tokenizer_path)
+        self._filler = self._counter.encode_text(FILLER_TEXT, bos=False)
+        self._prefix_counts: OrderedDict[str, int] = OrderedDict()
+        self._seq = itertools.count()
         self._load = ReplicaLoadTracker()
         self._tracer = configure_tracing(f"replica:{pool}")
         self._metrics = ReplicaMetrics(pool, accelerator)
@@ -51,34 +75,50 @@ class StubReplica:
             return self._counter.count_chat(request.messages or [], request.tools)
         return self._counter.count_text(request.prompt or "")
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[dict]:
-        span = GenerationSpan(self._tracer, request, self._id.as_dict())
-        prompt_tokens = self._count(request)
+    def _refusal(self, request: GenerateRequest, prompt_tokens: int) -> tuple[int, dict | None]:
+        """max_tokens, or the error an engine would give for a request that does not fit."""
         room = request.context_limit - prompt_tokens
         max_tokens = room if request.max_tokens is None else request.max_tokens
         if room < 1 or max_tokens > room:
             # Like an engine: refuse what does not fit rather than clamp (the router must have).
-            event = error_event(status=400, message=f"{prompt_tokens} prompt + {max_tokens} completion tokens "
-                                f"exceed this pool's context of {request.context_limit}", param="max_tokens")
-            span.observe(event)
+            return max_tokens, error_event(
+                status=400, message=f"{prompt_tokens} prompt + {max_tokens} completion tokens "
+                f"exceed this pool's context of {request.context_limit}", param="max_tokens")
+        if self._engine and prompt_tokens + max_tokens > self._engine.profile.kv_capacity_tokens:
+            return max_tokens, error_event(
+                status=400, message=f"{prompt_tokens + max_tokens} tokens exceed the KV cache of "
+                f"{self._engine.profile.kv_capacity_tokens} tokens", param="max_tokens")
+        return max_tokens, None
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[dict]:
+        span = GenerationSpan(self._tracer, request, self._id.as_dict())
+        prompt_tokens = self._count(request)
+        max_tokens, refusal = self._refusal(request, prompt_tokens)
+        if refusal is not None:
+            span.observe(refusal)
             span.end(cancelled=False)
-            yield event
+            yield refusal
             return
         work = request.work_tokens
         self._load.begin(work)
         cancelled, error = True, None
         try:
             yield start_event(**self._id.as_dict(), prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-            await asyncio.sleep(prompt_tokens / self._prefill_rate)
             text = stub_completion_text(
                 last_user_text(request.messages, request.prompt),
                 self._id.pool,
                 request.sampling.get("seed"),
             )
+            ids, finish_reason = self._completion_ids(text, max_tokens, bool(request.sampling.get("ignore_eos")))
+            if self._engine:
+                ticks = self._engine_ticks(request, prompt_tokens, len(ids))
+            else:
+                ticks = self._fixed_ticks(prompt_tokens, len(ids))
             split = request.kind == "chat"  # text completions return the raw text
-            async for event in self._decode(text, max_tokens, request.stop, prompt_tokens, split):
-                span.observe(event)
-                yield event
+            async with contextlib.aclosing(ticks):
+                async for event in self._decode(ids, ticks, finish_reason, request.stop, prompt_tokens, split):
+                    span.observe(event)
+                    yield event
             cancelled = False
         except Exception as exc:
             error = exc
@@ -87,32 +127,79 @@ class StubReplica:
             self._load.end(work, cancelled=cancelled)
             span.end(cancelled=cancelled, error=error)
 
-    async def _decode(
-        self, text: str, max_tokens: int, stops: list[str], prompt_tokens: int, split: bool
-    ) -> AsyncIterator[dict]:
+    def _completion_ids(self, text: str, max_tokens: int, ignore_eos: bool) -> tuple[list[int], str]:
+        """The tokens to generate and the finish reason if nothing stops them earlier. With
+        `ignore_eos` (as vLLM's benchmarks use it) the answer runs on to exactly max_tokens."""
         ids = self._counter.encode_text(text, bos=False)
+        if ignore_eos and len(ids) < max_tokens:
+            repeats = -(-(max_tokens - len(ids)) // len(self._filler))
+            ids = ids + self._filler * repeats
+        if len(ids) >= max_tokens:
+            return ids[:max_tokens], "length" if (ignore_eos or len(ids) > max_tokens) else "stop"
+        return ids, "stop"
+
+    async def _fixed_ticks(self, prompt_tokens: int, n: int) -> AsyncIterator[int]:
+        """Tokens generated so far, at fixed rates: every request sleeps on its own."""
+        await asyncio.sleep(prompt_tokens / self._prefill_rate)
+        for generated in range(1, n + 1):
+            await asyncio.sleep(self._decode_s)
+            yield generated
+
+    async def _engine_ticks(self, request: GenerateRequest, prompt_tokens: int, n: int) -> AsyncIterator[int]:
+        """Tokens generated so far, as the replica's engine loop produces them (coalesced when
+        this reader is slower than the steps, or by `emit_interval_ms`)."""
+        engine_id = f"{request.request_id}#{next(self._seq)}"
+        prefix_key, prefix_tokens = self._prefix(request, prompt_tokens)
+        progress = self._engine.submit(engine_id, prompt_tokens, n, prefix_key, prefix_tokens)
+        try:
+            while True:
+                await progress.changed.wait()
+                progress.changed.clear()
+                if progress.generated:
+                    yield progress.generated
+                if progress.finished:
+                    return
+                if self._emit_interval_s:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(progress.done.wait(), self._emit_interval_s)
+        finally:
+            if not progress.finished:
+                self._engine.cancel(engine_id)  # the client left or a stop string ended it
+
+    def _prefix(self, request: GenerateRequest, prompt_tokens: int) -> tuple[str | None, int]:
+        """A chat's system message is its shared prefix (vLLM's prefix cache keys on the same)."""
+        messages = request.messages or []
+        if request.kind != "chat" or not messages or messages[0].get("role") != "system":
+            return None, 0
+        content = messages[0].get("content")
+        text = content if isinstance(content, str) else repr(content)
+        key = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+        tokens = self._prefix_counts.get(key)
+        if tokens is None:
+            tokens = self._prefix_counts[key] = self._counter.count_text(text)
+            if len(self._prefix_counts) > PREFIX_COUNTS_KEPT:
+                self._prefix_counts.popitem(last=False)
+        return key, max(0, min(tokens, prompt_tokens - 1))
+
+    async def _decode(self, ids: list[int], ticks: AsyncIterator[int], finish_reason: str,
+                      stops: list[str], prompt_tokens: int, split: bool) -> AsyncIterator[dict]:
         splitter = ThinkSplitter() if split else RawText()
         matcher = StopMatcher(stops)
-        emitted, generated, reasoning_tokens = "", 0, 0
-        finish_reason = "stop"
-        for i in range(len(ids)):
-            if generated >= max_tokens:
-                finish_reason = "length"
-                break
-            await asyncio.sleep(self._decode_s)
-            generated += 1
-            if splitter.thinking:
-                reasoning_tokens += 1
-            decoded = self._counter.decode(ids[: i + 1])
-            if decoded.endswith("\ufffd"):  # ends inside a UTF-8 character: wait for the rest
+        think_tokens = self._think_tokens(ids)
+        decoded_upto, generated = 0, 0  # ids[:decoded_upto] are text already fed on
+        async for generated in ticks:
+            piece = self._counter.decode(ids[decoded_upto:generated])
+            if piece.endswith("\ufffd"):  # ends inside a UTF-8 character: wait for the rest
                 continue
-            piece, emitted = decoded[len(emitted):], decoded
+            decoded_upto = generated
             reasoning, content = splitter.feed(matcher.feed(piece))
             if reasoning or content:
-                yield delta_event(reasoning=reasoning, content=content,
-                                  completion_tokens=generated, reasoning_tokens=reasoning_tokens)
+                yield delta_event(reasoning=reasoning, content=content, completion_tokens=generated,
+                                  reasoning_tokens=min(generated, think_tokens))
             if matcher.stopped:
+                finish_reason = "stop"
                 break
+        reasoning_tokens = min(generated, think_tokens)
         reasoning, content = splitter.feed(matcher.finish())
         tail_r, tail_c = splitter.finish()
         if reasoning + tail_r or content + tail_c:
@@ -126,11 +213,28 @@ class StubReplica:
             stop_sequence=matcher.matched,
         )
 
+    def _think_tokens(self, ids: list[int]) -> int:
+        """Tokens up to and including the one that closes `</think>` (the stub text is short
+        there, so decoding prefixes costs little)."""
+        for k in range(1, min(len(ids), 256) + 1):
+            if "</think>" in self._counter.decode(ids[:k]):
+                return k
+        return len(ids)
+
     def record_routing_stats(self) -> dict:
         """Serve calls this every stats period: the load gauges are refreshed with it."""
-        stats = {**self._id.as_dict(), **self._load.routing_stats()}
+        stats = {**self._id.as_dict(), **self._load.routing_stats(), **self._engine_stats()}
         self._metrics.update(stats)
         return stats
+
+    def _engine_stats(self) -> dict:
+        """The keys the vLLM replica publishes; a fixed-rate stub runs everything it holds."""
+        if self._engine is None:
+            ongoing = self._load.ongoing_requests
+            return {"engine_running": ongoing, "engine_waiting": 0, "kv_cache_usage": 0.0}
+        s = self._engine.stats()
+        return {"engine_running": s.running, "engine_waiting": s.waiting, "kv_cache_usage": s.kv_usage,
+                "engine_steps": self._engine.steps}
 
     def stats(self) -> dict:
         """For tests and operators: what this replica holds and has done."""

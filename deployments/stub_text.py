@@ -37,3 +37,8 @@ def stub_completion_text(user_text: str, pool: str, seed: int | None = None) -> 
         "</think>\n\n"
         f"Stub answer from pool {pool}: {picks}."
     )
+
+
+# What the stub writes after its answer when told to ignore the end of text (`ignore_eos`):
+# benchmarks ask for an exact output length, as vLLM's own benchmarks do.
+FILLER_TEXT = " " + " ".join(_WORDS)

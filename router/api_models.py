@@ -85,6 +85,9 @@ class _Sampling(_Request):
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)  # one choice per request
     user: str | None = None
+    # vLLM's extension: generate up to max_tokens whatever the model's end token says
+    # (benchmarks fix output lengths with it, as vLLM's own do).
+    ignore_eos: bool | None = None
 
     @field_validator("stop")
     @classmethod
@@ -101,7 +104,8 @@ class _Sampling(_Request):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
     def sampling(self) -> dict[str, Any]:
-        return {k: v for k, v in {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}.items() if v is not None}
+        values = {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed, "ignore_eos": self.ignore_eos}
+        return {k: v for k, v in values.items() if v is not None}
 
     @property
     def include_usage(self) -> bool:

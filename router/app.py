@@ -9,9 +9,9 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from deployments.stub_replica import StubReplica
-from router.config import AppConfig
+from router.config import AppConfig, PoolConfig
 from router.ingress import RouterIngress
-from router.request_router import TokenLoadRouter
+from router.request_router import RoundRobinRouter, TokenLoadRouter
 from router.telemetry.otel_setup import check_tracing_env
 from router.tenancy.directory import TenantDirectory, read_yaml
 from router.tenancy.pricing import PriceTable
@@ -34,6 +34,20 @@ def _read(path: str) -> str:
         return f.read().strip()
 
 
+def _request_router(pool: PoolConfig) -> RequestRouterConfig:
+    """Ours, or a baseline that bench/routing.py compares it with."""
+    if pool.request_router == "power_of_two":  # Serve's default; replicas still publish stats
+        return RequestRouterConfig(request_routing_stats_period_s=pool.routing_stats_period_s)
+    if pool.request_router == "round_robin":
+        return RequestRouterConfig(request_router_class=RoundRobinRouter,
+                                   request_routing_stats_period_s=pool.routing_stats_period_s)
+    return RequestRouterConfig(
+        request_router_class=TokenLoadRouter,
+        request_router_kwargs={"metric": pool.routing_metric},
+        request_routing_stats_period_s=pool.routing_stats_period_s,
+    )
+
+
 def build_app(args: dict[str, Any]) -> Application:
     check_tracing_env(os.environ)  # a bad OTEL_* setting fails the deploy, not every replica
     config = AppConfig.from_args(args)
@@ -49,11 +63,7 @@ def build_app(args: dict[str, Any]) -> Application:
         serve_options = {
             "name": f"pool-{pool.name}",
             "max_ongoing_requests": pool.max_ongoing_requests,
-            "request_router_config": RequestRouterConfig(
-                request_router_class=TokenLoadRouter,
-                request_router_kwargs={"metric": pool.routing_metric},
-                request_routing_stats_period_s=pool.routing_stats_period_s,
-            ),
+            "request_router_config": _request_router(pool),
             **pool.serve_scaling(),
         }
         if pool.engine.kind == "vllm":
@@ -64,9 +74,8 @@ def build_app(args: dict[str, Any]) -> Application:
         pools[pool.name] = StubReplica.options(**serve_options).bind(
             pool=pool.name,
             accelerator=pool.accelerator,
-            prefill_tokens_per_s=pool.engine.prefill_tokens_per_s,
-            decode_ms_per_token=pool.engine.decode_ms_per_token,
             tokenizer_path=config.tokenizer_path,
+            **pool.engine.replica_kwargs(),
         )
     # Read here so a bad tenants or prices file fails the deploy, not a replica later.
     tenants = TenantDirectory.from_file(config.tenants_file)

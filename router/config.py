@@ -14,13 +14,46 @@ MAGISTRAL_CONTEXT = 40_960
 ENV_OVERRIDES = {"TENANTS_FILE": "tenants_file", "PRICES_FILE": "prices_file", "LEDGER_URL": "ledger_url"}
 
 
+GPUName = Literal["H100_TP1", "L40S_TP2", "RTX4090_FP8_TP2"]  # deployments.engine_model.PROFILES
+
+
 class StubEngine(BaseModel):
-    """Speed of the GPU class a stub pool emulates."""
+    """Speed of the GPU class a stub pool emulates (deployments/stub_replica.py).
+
+    `gpu`: an engine model profile (H100_TP1, L40S_TP2, RTX4090_FP8_TP2) run in real time, so a
+    loaded replica slows down like a GPU; `time_scale` > 1 runs it that many times faster (and
+    shorter benchmarks). Without `gpu`, every request runs at the fixed rates on its own.
+    """
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["stub"] = "stub"
-    prefill_tokens_per_s: float = Field(50_000.0, gt=0)
-    decode_ms_per_token: float = Field(5.0, ge=0)
+    # A list emulates one deployment spread over mixed nodes: replica of rank i runs gpu[i % len]
+    # (benchmarks of routers that ignore GPU classes).
+    gpu: GPUName | list[GPUName] | None = None
+    time_scale: float = Field(1.0, gt=0)
+    # At most one stream event per request per this interval (tokens coalesced between), as Ray
+    # Serve LLM's stream batching does: keeps a one-machine cluster from spending its CPU on
+    # events. The first token and the end are never held back. 0: one event per engine step.
+    emit_interval_ms: float = Field(0.0, ge=0)
+    # Fixed rates (no `gpu`): None = 50 000 prompt tokens/s and 5 ms per output token.
+    prefill_tokens_per_s: float | None = Field(None, gt=0)
+    decode_ms_per_token: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_speed(self) -> "StubEngine":
+        fixed = [name for name in ("prefill_tokens_per_s", "decode_ms_per_token") if getattr(self, name) is not None]
+        if self.gpu and fixed:
+            raise ValueError(f"a stub engine with `gpu` takes its speed from the profile, not {fixed}")
+        if not self.gpu and (self.time_scale != 1.0 or self.emit_interval_ms):
+            raise ValueError("time_scale and emit_interval_ms apply to a stub with `gpu` only")
+        return self
+
+    def replica_kwargs(self) -> dict[str, Any]:
+        """StubReplica's speed arguments."""
+        if self.gpu:
+            return {"gpu": self.gpu, "time_scale": self.time_scale, "emit_interval_ms": self.emit_interval_ms}
+        return {"prefill_tokens_per_s": 50_000.0 if self.prefill_tokens_per_s is None else self.prefill_tokens_per_s,
+                "decode_ms_per_token": 5.0 if self.decode_ms_per_token is None else self.decode_ms_per_token}
 
 
 class VLLMEngine(BaseModel):
@@ -72,6 +105,9 @@ class PoolConfig(BaseModel):
     autoscaling: Autoscaling | None = None
     max_ongoing_requests: int = Field(64, ge=1)
     routing_metric: Literal["tokens", "requests"] = "tokens"
+    # token_load: ours (router/request_router.py). power_of_two: Ray Serve's default router;
+    # round_robin: each replica in turn. The last two are baselines for bench/routing.py.
+    request_router: Literal["token_load", "power_of_two", "round_robin"] = "token_load"
     routing_stats_period_s: float = Field(0.2, gt=0)
     engine: StubEngine | VLLMEngine = Field(default_factory=StubEngine, discriminator="kind")
 

@@ -88,3 +88,22 @@ class TokenLoadRouter(RequestRouter):
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         self._inflight.remove(internal_request_id)
+
+
+class RoundRobinRouter(RequestRouter):
+    """Each replica in turn, blind to load: the simplest baseline bench/routing.py measures."""
+
+    def initialize_state(self, **_: Any) -> None:
+        self._next = 0
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        ordered = sorted(candidate_replicas, key=lambda r: r.replica_id.unique_id)
+        start = self._next % len(ordered)
+        self._next += 1
+        return [[r] for r in ordered[start:] + ordered[:start]]  # the next in turn, then the rest

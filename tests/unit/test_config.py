@@ -39,3 +39,18 @@ def test_bad_config_is_refused():
         AppConfig.from_args(args)  # duplicate pool name
     with pytest.raises(ValidationError):
         AppConfig.from_args({**local_args(), "overflow_policy": "sometimes"})
+
+
+def test_stub_engine_takes_one_kind_of_speed():
+    from router.config import StubEngine
+
+    assert StubEngine(gpu="H100_TP1", time_scale=4).replica_kwargs() == {
+        "gpu": "H100_TP1", "time_scale": 4.0, "emit_interval_ms": 0.0}
+    assert StubEngine().replica_kwargs() == {"prefill_tokens_per_s": 50_000.0, "decode_ms_per_token": 5.0}
+    # the ingress re-validates a dumped config: a dump of a gpu engine must load again
+    again = StubEngine.model_validate(StubEngine(gpu="L40S_TP2").model_dump(mode="json"))
+    assert again.gpu == "L40S_TP2"
+    for bad in ({"gpu": "H100_TP1", "decode_ms_per_token": 3}, {"time_scale": 2}, {"gpu": "A100"},
+                {"gpu": "H100_TP1", "time_scale": 0}):
+        with pytest.raises(ValueError):
+            StubEngine(**bad)

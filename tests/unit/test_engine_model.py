@@ -270,3 +270,25 @@ def test_profiles_follow_their_sources():
     for p in PROFILES.values():
         assert p.prefix_cache_tokens < p.kv_capacity_tokens
         assert p.max_num_batched_tokens in (2048, 8192)  # vLLM's OpenAI-server defaults
+
+
+def test_throughput_rises_with_batch_size_up_to_the_kv_limit_then_requests_queue_and_ttft_grows():
+    """What routing depends on: below the KV limit more requests per replica means more tokens per
+    second (batching is nearly free); beyond it, throughput stops rising and requests queue."""
+    profile = dataclasses.replace(H100_TP1, max_num_seqs=1024)  # let KV, not max_num_seqs, bind
+    per_request = 4_000 + 1_000  # prompt + output: 32 requests fill the 160k-token KV cache
+    assert profile.kv_capacity_tokens // per_request == 32
+
+    def offered(n: int) -> tuple[float, float]:
+        engine = EngineModel(profile)
+        for i in range(n):
+            engine.add(f"r{i}", 4_000, 1_000)
+        steps, events = run(engine)
+        throughput = n * 1_000 / steps[-1][0]
+        return throughput, max(e["first"][-1] for e in events.values())
+
+    runs = {n: offered(n) for n in (1, 4, 8, 16, 32, 64)}
+    for smaller, larger in ((1, 4), (4, 8), (8, 16), (16, 32)):
+        assert runs[larger][0] > 1.3 * runs[smaller][0], runs
+    assert runs[64][0] < 1.1 * runs[32][0], runs  # past the KV limit: no more throughput
+    assert runs[64][1] > 3 * runs[32][1], runs  # ... but the last request waits far longer for its first token
