@@ -46,7 +46,7 @@ def test_loaded_replica_queues_and_its_ttft_grows_then_recovers(local_cluster, r
                 deadline, loaded_stats = time.monotonic() + 30, {}
                 while time.monotonic() < deadline:
                     loaded_stats = pool.stats.remote().result()
-                    if loaded_stats["engine_waiting"] > 0:
+                    if loaded_stats["engine_waiting"] > 0 and loaded_stats["kv_cache_usage"] > 0.5:
                         break
                     time.sleep(0.05)
                 loaded = stream_ttft(client, url, "hello")
@@ -65,7 +65,8 @@ def test_loaded_replica_queues_and_its_ttft_grows_then_recovers(local_cluster, r
     assert final["engine_running"] == final["engine_waiting"] == 0 and final["kv_cache_usage"] == 0
 
 
-def test_ignore_eos_generates_exactly_max_tokens(base_url, auth):
+def test_ignore_eos_generates_exactly_max_tokens(local_cluster, auth):
+    base_url = local_cluster["root_url"]
     body = {"model": "magistral-small-2506", "messages": [{"role": "user", "content": "hi"}],
             "max_tokens": 300, "ignore_eos": True}
     response = httpx.post(f"{base_url}/v1/chat/completions", json=body, headers=auth, timeout=60)
