@@ -16,13 +16,19 @@ TOOL_CHAT = [
 ]
 
 
-def test_count_is_the_chat_templates_token_count(counter):
+@pytest.mark.parametrize("messages, tools", [
+    ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi 🙂"}], None),
+    ([{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"},
+      {"role": "user", "content": [{"type": "text", "text": "three "}, {"type": "text", "text": "四"}]}], None),
+    (TOOL_CHAT, TOOLS),
+])
+def test_count_is_the_chat_templates_token_count(counter, messages, tools):
+    """Our encode skips only the text mistral-common renders back: the tokens are its own."""
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
 
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi 🙂"}]
-    direct = counter.tokenizer.encode_chat_completion(ChatCompletionRequest.from_openai(messages)).tokens
-    assert counter.count_chat(messages) == len(direct)
-    assert counter.encode_chat(messages) == direct
+    direct = counter.tokenizer.encode_chat_completion(ChatCompletionRequest.from_openai(messages, tools=tools)).tokens
+    assert counter.count_chat(messages, tools) == len(direct)
+    assert counter.encode_chat(messages, tools) == direct
 
 
 def test_longer_prompt_counts_more(counter):
