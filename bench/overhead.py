@@ -24,6 +24,8 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -165,16 +167,39 @@ def count_cost() -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two concurrencies, short rounds (< 2 min)")
+    parser.add_argument("--quick", action="store_true", help="two concurrencies, short rounds, Serve's proxy only (< 2 min)")
+    parser.add_argument("--ingress", choices=("haproxy", "proxy", "both"), default=None,
+                        help="Serve's HTTP path to measure under (default: both, or proxy with --quick)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # one ingress mode, in a process of its own
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    concurrencies, rounds, round_s = ((1, 8), 4, 2.0) if args.quick else ((1, 4, 16, 32), 6, 4.0)
-
-    print("exact count vs raw Tekken encode of the same text (median ms):")
+    if args.child:
+        Path(args.out).write_text(json.dumps(run_mode(args.child, args.quick)))
+        return
     costs = count_cost()
+    print("exact count vs raw Tekken encode of the same text (median ms):")
     for c in costs:
-        print(f"  {c['tokens']:>6} tokens: exact {c['exact_ms']:8.3f}  raw encode {c['raw_encode_ms']:8.3f}  "
-              f"ratio {c['ratio']:.3f}", flush=True)
+        print(f"  {c['tokens']:>6} tokens (byte bound {c['bound']:>6}): exact {c['exact_ms']:8.3f}  "
+              f"raw encode {c['raw_encode_ms']:8.3f}  ratio {c['ratio']:.3f}", flush=True)
+    modes = ["proxy", "haproxy"] if (args.ingress or ("proxy" if args.quick else "both")) == "both" \
+        else [args.ingress or "proxy"]
+    per_mode = {}
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as folder:
+        for mode in modes:
+            # Serve reads its ingress mode once per process, at import: one process per mode.
+            out = Path(folder) / f"{mode}.json"
+            print(f"\n== ingress {mode} ==", flush=True)
+            command = [sys.executable, "-m", "bench.overhead", "--child", mode, "--out", str(out)]
+            subprocess.run(command + (["--quick"] if args.quick else []), check=True)
+            per_mode[mode] = json.loads(out.read_text())
+    finish(per_mode, costs, args.quick)
 
+
+def run_mode(mode: str, quick: bool) -> dict:
+    from cluster.local import ingress_env
+
+    concurrencies, rounds, round_s = ((1, 8), 4, 2.0) if quick else ((1, 4, 16, 32), 6, 4.0)
+    os.environ.update(ingress_env(mode))  # before ray.serve is imported
     import ray
     from ray import serve
 
@@ -185,7 +210,7 @@ def main() -> None:
                "OTEL_BSP_MAX_QUEUE_SIZE": "65536"}
         os.environ.update(env)
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-                 runtime_env={"env_vars": env})
+                 runtime_env={"env_vars": {**env, **{k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}}})
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": PORT})
             deploy(Path(folder), receiver.endpoint)
@@ -197,30 +222,45 @@ def main() -> None:
         finally:
             serve.shutdown()
             ray.shutdown()
-    finish(rows, costs, counted, admitted, args.quick)
+    return {"rows": rows, "counted": counted, "admitted": admitted}
 
 
-def finish(rows: list[dict], costs: list[dict], counted: int, admitted: int, quick: bool) -> None:
-    ratios = {
+def ratios_of(rows: list[dict]) -> dict:
+    """The worst of each over every concurrency and mode."""
+    return {
         "p50_ratio": max(r["router"]["p50_ms"] / r["bare"]["p50_ms"] for r in rows),
         "p99_ratio": max(r["router"]["p99_ms"] / r["bare"]["p99_ms"] for r in rows),
         "throughput_ratio": min(r["router"]["throughput_rps"] / r["bare"]["throughput_rps"] for r in rows),
         "itl_p99_added_ms": max(r["router"]["itl_p99_ms"] - r["bare"]["itl_p99_ms"] for r in rows if r["stream"]),
     }
-    print(f"exact count ran for {counted} of {admitted} admitted requests "
-          f"({counted / max(admitted, 1):.1%}; one request in ten has a document the byte bound cannot place)")
-    print(f"exact count / raw encode: worst {max(c['ratio'] for c in costs):.3f} (target <= 1.10)")
-    write_json("overhead", {"quick": quick, "rows": rows, "count_cost": costs,
-                            "exact_counts": {"counted": counted, "admitted": admitted}, **ratios})
-    plot(rows)
+
+
+def finish(per_mode: dict[str, dict], costs: list[dict], quick: bool) -> None:
+    default = "proxy" if "proxy" in per_mode else next(iter(per_mode))  # cluster.local's default
+    ratios = {mode: ratios_of(m["rows"]) for mode, m in per_mode.items()}
+    for mode, m in per_mode.items():
+        print(f"ingress {mode}: exact count ran for {m['counted']} of {m['admitted']} admitted requests "
+              f"({m['counted'] / max(m['admitted'], 1):.1%}; one request in ten carries a document the byte "
+              f"bound cannot place); router/bare " + " ".join(f"{k}={v:.3f}" for k, v in ratios[mode].items()))
+    if {"haproxy", "proxy"} <= per_mode.keys():
+        for h, p in zip(per_mode["haproxy"]["rows"], per_mode["proxy"]["rows"]):
+            print(f"haproxy vs proxy, {'stream' if h['stream'] else 'whole '} c={h['concurrency']:<3}: " + ", ".join(
+                f"{s} p50 {h[s]['p50_ms']:.1f} vs {p[s]['p50_ms']:.1f} ms, {h[s]['throughput_rps']:.1f} vs "
+                f"{p[s]['throughput_rps']:.1f} req/s" for s in SYSTEMS))
+    counted_rows = [c for c in costs if c["bound"] > POOL["max_prompt_tokens"]]  # where the count runs
+    print(f"exact count / raw encode where the count runs (bound > {POOL['max_prompt_tokens']}): worst "
+          f"{max(c['ratio'] for c in counted_rows):.3f} (target <= 1.10)")
+    write_json("overhead", {"quick": quick, "default_ingress": default, "modes": per_mode, "ratios": ratios,
+                            "count_cost": costs, **ratios[default]})
+    plot(per_mode[default]["rows"], default)
     print("overhead " + " ".join(f"{k}={v:.3f}" if k != "itl_p99_added_ms" else f"{k}={v:.2f}"
-                                 for k, v in ratios.items()))
+                                 for k, v in ratios[default].items()))
 
 
-def plot(rows: list[dict]) -> None:
+def plot(rows: list[dict], ingress: str) -> None:
     from bench.results import figure
 
-    fig, axes = figure(1, 3, "Router (every feature on) vs bare Ray Serve ingress, same zero-delay replicas")
+    fig, axes = figure(1, 3, f"Router (every feature on) vs bare Ray Serve ingress ({ingress}), same zero-delay replicas")
     for stream, style in ((False, "-"), (True, "--")):
         sub = [r for r in rows if r["stream"] == stream]
         c = [r["concurrency"] for r in sub]

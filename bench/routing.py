@@ -192,3 +192,69 @@ def run_local(rate_rps: float, duration_s: float, seed: int, drain_s: float) -> 
             serve.shutdown()
             ray.shutdown()
     return rows, workload
+
+
+def run_simulator(quick: bool) -> dict:
+    """The same comparison in virtual time, at the simulator's reference fleet and load."""
+    from bench.fleet_sim import FULL, QUICK, compare_policies, fleet_label, mixed_fleet
+
+    plan = QUICK if quick else FULL
+    h100, l40s = plan.reference
+    fleet = mixed_fleet(h100, l40s)
+    jobs = generate(plan.load, plan.duration_s, seed=1)
+    started = time.monotonic()
+    results = compare_policies(fleet, jobs, SLO(), workers=None)
+    print(f"simulator: {fleet_label(fleet)} at {plan.load} req/s, {len(jobs)} requests, "
+          f"{time.monotonic() - started:.0f} s", flush=True)
+    rows = []
+    for name, r in results.items():
+        rows.append(r.row())
+        print(f"{name:>12}: goodput {r.goodput_rps:.3f} req/s ({r.goodput_fraction:.0%}), TTFT p50 "
+              f"{r.ttft_p50_s:.2f} p99 {r.ttft_p99_s:.2f} s, TPOT p99 {r.tpot_p99_s * 1e3:.0f} ms, "
+              f"${r.usd_per_m_tokens:.3f}/M tokens", flush=True)
+    return {"fleet": fleet_label(fleet), "load_rps": plan.load, "rows": rows}
+
+
+def plot(local: list[dict], sim: dict) -> None:
+    fig, axes = figure(1, 3, "Routing policies: goodput (TTFT and TPOT objectives met) and TTFT")
+    names = [r["policy"] for r in local]
+    axes[0].bar(names, [r["goodput_rps"] for r in local], color="tab:blue")
+    axes[0].set_title(f"local cluster: 1 H100 + 2 L40S pairs (stub, x{TIME_SCALE:g})\ngoodput (req/s)")
+    sim_rows = {r["policy"]: r for r in sim["rows"]}
+    axes[1].bar(list(sim_rows), [r["goodput_rps"] for r in sim_rows.values()], color="tab:green")
+    axes[1].set_title(f"simulator: {sim['fleet']} at {sim['load_rps']} req/s\ngoodput (req/s)")
+    width = 0.4
+    xs = range(len(names))
+    finite = lambda v: v if v is not None and v != float("inf") else 0.0  # noqa: E731
+    axes[2].bar([x - width / 2 for x in xs], [finite(r["ttft_p50_s"]) for r in local], width, label="p50")
+    axes[2].bar([x + width / 2 for x in xs], [finite(r["ttft_p99_s"]) for r in local], width, label="p99")
+    axes[2].set_xticks(list(xs), names)
+    axes[2].set_yscale("log")
+    axes[2].set_title("local cluster: TTFT (GPU seconds)")
+    axes[2].legend()
+    save(fig, "routing")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs (< 5 min)")
+    parser.add_argument("--rate", type=float, default=1.5, help="requests per GPU-second on the local fleet")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    duration = 240.0 if args.quick else 600.0  # GPU-seconds of arrivals (30 s / 75 s here)
+    local, workload = run_local(args.rate, duration, args.seed, drain_s=12.0 if args.quick else 25.0)
+    sim = run_simulator(args.quick)
+    by_policy = {r["policy"]: r for r in local}
+    sim_by_policy = {r["policy"]: r for r in sim["rows"]}
+    ratio = by_policy["ours"]["goodput_rps"] / max(by_policy["pow2"]["goodput_rps"], 1e-9)
+    sim_ratio = sim_by_policy["ours"]["goodput_rps"] / max(sim_by_policy["pow2"]["goodput_rps"], 1e-9)
+    write_json("routing", {"quick": args.quick, "time_scale": TIME_SCALE, "local_fleet": FLEET,
+                           "local_rate_rps": args.rate, "local_duration_s": duration, "workload": workload,
+                           "slo": SLO().__dict__, "local": local, "simulator": sim,
+                           "goodput_ratio_vs_pow2": ratio, "sim_goodput_ratio_vs_pow2": sim_ratio})
+    plot(local, sim)
+    print(f"routing goodput_ratio_vs_pow2={ratio:.3f} sim_goodput_ratio_vs_pow2={sim_ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -26,6 +26,47 @@ import yaml
 from router.telemetry.otel_setup import forwarded_env
 
 DEMO_KEY = "sk-local-demo"
+# How HTTP reaches the ingress replicas. "proxy" (default): Serve's Python proxy actor.
+# "haproxy": Ray Serve 2.60's HAProxy mode (the bundled binary on the HTTP port, least-connections
+# over each ingress replica's own HTTP server): about twice the proxy's throughput on this 2-core
+# machine (bench/overhead.py), but two of our guarantees fail under it (README, Performance): a
+# client's hang-up reaches the ingress late, so a cancelled stream is billed tokens the client
+# never saw, and killing one ingress replica cut every in-flight stream, the other replica's too.
+INGRESS_MODES = ("proxy", "haproxy")
+
+
+def ingress_env(mode: str) -> dict[str, str]:
+    """Environment that selects the ingress mode. Serve reads it once per process at import, so it
+    must be in os.environ before `ray.serve` is imported and before the Ray head starts."""
+    if mode == "proxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    if mode != "haproxy":
+        raise ValueError(f"ingress mode must be one of {INGRESS_MODES}, not {mode!r}")
+    # Serve's fixed defaults (8500, 9500, 8404, 9101) would collide between two local clusters.
+    ports = free_ports(4)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(ports[0]),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(ports[1]),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(ports[2]),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(ports[3]),
+        # An ingress replica drains for 30 s by default before it stops: a local Ctrl-C or a
+        # test's redeploy should not wait that long.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    }
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _log(message: str) -> None:
@@ -70,13 +111,16 @@ def wait_for_health(url: str, timeout_s: float) -> None:
 
 def worker_env(env: dict[str, str]) -> dict[str, str]:
     """What every Ray worker of the local cluster inherits: the ledger and tenancy overrides and
-    the standard OTEL_* variables (tracing in the ingress and in every replica)."""
+    the standard OTEL_* variables (tracing in the ingress and in every replica), and Serve's own
+    RAY_SERVE_* settings (the ingress mode: every Serve process must agree on it)."""
     return {**{k: env[k] for k in ("TENANTS_FILE", "PRICES_FILE", "LEDGER_URL") if k in env},
+            **{k: v for k, v in env.items() if k.startswith("RAY_SERVE_")},
             **forwarded_env(env)}
 
 
 def run(config_path: str, port: int | None, num_cpus: int | None, health_timeout_s: float,
-        metrics_port: int | None = None) -> int:
+        metrics_port: int | None = None, ingress: str = "proxy") -> int:
+    os.environ.update(ingress_env(ingress))  # before Serve is imported: it reads them at import
     import ray
     from ray import serve
 
@@ -105,7 +149,7 @@ def run(config_path: str, port: int | None, num_cpus: int | None, health_timeout
         wait_for_health(f"{base}/health", health_timeout_s)
         node = ray._private.worker.global_worker.node
         metrics_url = f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics"
-        info = {"base_url": f"{base}/v1", "health": f"{base}/health", "api_key": DEMO_KEY,
+        info = {"base_url": f"{base}/v1", "health": f"{base}/health", "api_key": DEMO_KEY, "ingress": ingress,
                 "ray_address": ray.get_runtime_context().gcs_address, "metrics_url": metrics_url}
         traces = forwarded_env(os.environ).get("OTEL_EXPORTER_OTLP_ENDPOINT") or \
             forwarded_env(os.environ).get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or "off (set OTEL_EXPORTER_OTLP_ENDPOINT)"
@@ -141,11 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's)")
     run_p.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
     run_p.add_argument("--health-timeout", type=float, default=180.0, help="seconds to wait for /health")
+    run_p.add_argument("--ingress", choices=INGRESS_MODES, default="proxy",
+                       help="HTTP path to the ingress replicas (default: Serve's proxy; see README, Performance)")
     run_p.add_argument("--metrics-port", type=int, default=None,
                        help="port of this node's Prometheus metrics endpoint (default: Ray picks one)")
     args = parser.parse_args(argv)
     try:
-        return run(args.config, args.port, args.num_cpus, args.health_timeout, args.metrics_port)
+        return run(args.config, args.port, args.num_cpus, args.health_timeout, args.metrics_port, args.ingress)
     except (FileNotFoundError, TimeoutError, ValueError) as exc:
         print(f"[cluster.local] error: {exc}", file=sys.stderr, flush=True)
         return 1
