@@ -37,6 +37,9 @@ from router.telemetry.replica_span import GenerationSpan
 from router.tokens import TekkenCounter
 
 PREFIX_COUNTS_KEPT = 1024  # distinct system prompts whose token count is remembered
+# Tokens never held back by emit_interval_ms: the first visible text may take a few (the stub's
+# `<think>` tag is split out before any reasoning shows), and time to first token must be exact.
+EAGER_TOKENS = 8
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=128)
@@ -159,7 +162,7 @@ class StubReplica:
                     yield progress.generated
                 if progress.finished:
                     return
-                if self._emit_interval_s:
+                if self._emit_interval_s and progress.generated >= EAGER_TOKENS:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(progress.done.wait(), self._emit_interval_s)
         finally:
