@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from bench.http_timing import Sample, closed_loop, percentile
-from bench.results import write_json
+from bench.report import write_json
 
 PORT = 8139
 KEY = "sk-bench"
@@ -258,7 +258,7 @@ def finish(per_mode: dict[str, dict], costs: list[dict], quick: bool) -> None:
 
 
 def plot(rows: list[dict], ingress: str) -> None:
-    from bench.results import figure
+    from bench.report import figure
 
     fig, axes = figure(1, 3, f"Router (every feature on) vs bare Ray Serve ingress ({ingress}), same zero-delay replicas")
     for stream, style in ((False, "-"), (True, "--")):
@@ -275,7 +275,7 @@ def plot(rows: list[dict], ingress: str) -> None:
         ax.set_title(title)
         ax.set_xscale("log", base=2)
     axes[2].legend(fontsize=7)
-    from bench.results import save
+    from bench.report import save
 
     save(fig, "overhead")
 

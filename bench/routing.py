@@ -35,7 +35,7 @@ import httpx
 from bench.fleet_sim import H100_USD_PER_GPU_HOUR, L40S_USD_PER_GPU_HOUR, SLO
 from bench.http_timing import Sample, percentile, timed_chat
 from bench.policies import POLICIES
-from bench.results import figure, save, write_json
+from bench.report import figure, save, write_json
 from bench.workload import Job, describe, generate
 
 PORT = 8141

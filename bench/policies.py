@@ -1,0 +1,324 @@
+"""Routing policies over a simulated fleet, behind one interface.
+
+A policy decides in two steps, as the real router does: `queue` once when a request arrives (the
+ingress picks a pool and books its work on that pool), then `choose` a replica, again each time
+a slot frees while the request waits in the router's FIFO (None: nobody has room yet). Every
+policy obeys each replica's max_ongoing_requests; only the pool-aware ones obey pool limits.
+
+- round_robin: every replica in turn, blind to pools and lengths.
+- pow2: Ray Serve's default PowerOfTwoChoicesRequestRouter over the whole fleet.
+- length_only: our pool choice by prompt length without spill, then pow2 inside the pool.
+- ours: router.pools.choose_pool with real outstanding tokens (spill), then the least loaded
+  replica of that pool in router.balancing's order (score, then id), with work booked as the
+  router books it (deployments.protocol.work_tokens, added when routed, removed when finished).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bench.workload import CONTEXT_CAP, Job
+from deployments.protocol import work_tokens
+from router.balancing import ReplicaLoad, score
+from router.context_cap import ContextLengthExceeded
+from router.pools import PoolLimits, choose_pool
+
+FLEET_QUEUE = "fleet"  # the one router FIFO of the fleet-wide baselines
+REJECTED = "rejected"  # the queue of requests no pool can hold (answered 400, never served)
+
+
+@dataclass(eq=False)
+class Replica:
+    replica_id: str
+    pool: str
+    max_ongoing: int  # Serve's max_ongoing_requests: requests it holds, running or queued in its engine
+    engine: Any = None  # the simulator's EngineModel; policies do not look at it
+    ongoing: int = 0
+    index: int = 0  # position in Fleet.replicas
+    busy: bool = False  # a step is in flight (simulator state)
+    pending: Any = None  # that step's StepResult, applied when it ends (simulator state)
+
+    @property
+    def has_room(self) -> bool:
+        return self.ongoing < self.max_ongoing
+
+
+class _RoomSet:
+    """Replicas with a free slot: O(1) add, remove and random pick (swap-remove list + index)."""
+
+    def __init__(self) -> None:
+        self.items: list[Replica] = []
+        self._at: dict[int, int] = {}
+
+    def add(self, replica: Replica) -> None:
+        if replica.index not in self._at:
+            self._at[replica.index] = len(self.items)
+            self.items.append(replica)
+
+    def discard(self, replica: Replica) -> None:
+        at = self._at.pop(replica.index, None)
+        if at is None:
+            return
+        last = self.items.pop()
+        if last is not replica:
+            self.items[at] = last
+            self._at[last.index] = at
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class Fleet:
+    """Replicas grouped by pool, and which of them have room (whole fleet and per pool)."""
+
+    def __init__(self, pools: Sequence[PoolLimits], replicas: Sequence[Replica], cap: int = CONTEXT_CAP):
+        self.pools = tuple(pools)  # cheapest first, as in configs/production.yaml
+        self.limits = {p.name: p for p in self.pools}
+        self.cap = cap
+        self.replicas = list(replicas)
+        self.by_pool: dict[str, list[Replica]] = {p.name: [] for p in self.pools}
+        self._room: dict[str | None, _RoomSet] = {None: _RoomSet()} | {p.name: _RoomSet() for p in self.pools}
+        for i, replica in enumerate(self.replicas):
+            replica.index = i
+            self.by_pool[replica.pool].append(replica)
+            if replica.has_room:
+                self._room[None].add(replica)
+                self._room[replica.pool].add(replica)
+
+    def with_room(self, pool: str | None = None) -> list[Replica]:
+        """Replicas below max_ongoing_requests, of one pool or (None) of the fleet. Do not mutate."""
+        return self._room[pool].items
+
+    def hold(self, replica: Replica) -> None:
+        replica.ongoing += 1
+        if not replica.has_room:
+            self._room[None].discard(replica)
+            self._room[replica.pool].discard(replica)
+
+    def release(self, replica: Replica) -> None:
+        replica.ongoing -= 1
+        if replica.has_room:
+            self._room[None].add(replica)
+            self._room[replica.pool].add(replica)
+
+
+class Policy(Protocol):
+    name: str
+    respects_pool_limits: bool  # False: every replica serves the full context (a naive deployment)
+
+    def queue(self, job: Job, fleet: Fleet) -> str:
+        """Called once on arrival: the FIFO the job waits in (a pool, FLEET_QUEUE or REJECTED)."""
+
+    def choose(self, job: Job, fleet: Fleet) -> Replica | None: ...
+
+    def on_route(self, job: Job, replica: Replica) -> None: ...
+
+    def on_finish(self, job: Job, replica: Replica) -> None: ...
+
+
+def _pow2(candidates: list[Replica], rng: random.Random) -> Replica | None:
+    """Serve's power of two choices: two distinct random candidates, the one with fewer requests."""
+    if len(candidates) < 2:
+        return candidates[0] if candidates else None
+    a, b = rng.sample(candidates, 2)
+    return b if b.ongoing < a.ongoing else a
+
+
+class RoundRobin:
+    name = "round_robin"
+    respects_pool_limits = False
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def queue(self, job: Job, fleet: Fleet) -> str:
+        return FLEET_QUEUE
+
+    def choose(self, job: Job, fleet: Fleet) -> Replica | None:
+        if not fleet.with_room():
+            return None
+        replicas = fleet.replicas
+        for step in range(len(replicas)):  # the next in turn that has room
+            replica = replicas[(self._next + step) % len(replicas)]
+            if replica.has_room:
+                self._next = (replica.index + 1) % len(replicas)
+                return replica
+        return None
+
+    def on_route(self, job: Job, replica: Replica) -> None:
+        pass
+
+    def on_finish(self, job: Job, replica: Replica) -> None:
+        pass
+
+
+class PowerOfTwo:
+    name = "pow2"
+    respects_pool_limits = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+
+    def queue(self, job: Job, fleet: Fleet) -> str:
+        return FLEET_QUEUE
+
+    def choose(self, job: Job, fleet: Fleet) -> Replica | None:
+        return _pow2(fleet.with_room(), self._rng)
+
+    def on_route(self, job: Job, replica: Replica) -> None:
+        pass
+
+    def on_finish(self, job: Job, replica: Replica) -> None:
+        pass
+
+
+class _PoolAware:
+    """Pool chosen once per request by router.pools.choose_pool; subclasses pick the replica."""
+
+    respects_pool_limits = True
+
+    def __init__(self) -> None:
+        self._pool_of: dict[str, str] = {}
+
+    def _outstanding(self) -> dict[str, int]:
+        return {}
+
+    def queue(self, job: Job, fleet: Fleet) -> str:
+        # Clients leave max_tokens out (None): the pool is chosen by prompt, and the engine may
+        # generate up to that pool's context limit.
+        try:
+            pool = choose_pool(job.prompt_tokens, None, fleet.pools, self._outstanding(), fleet.cap).pool.name
+        except ContextLengthExceeded:
+            return REJECTED
+        self._pool_of[job.job_id] = pool
+        self._book_on_pool(job, pool, fleet)
+        return pool
+
+    def _book_on_pool(self, job: Job, pool: str, fleet: Fleet) -> None:
+        pass
+
+    def on_route(self, job: Job, replica: Replica) -> None:
+        pass
+
+    def on_finish(self, job: Job, replica: Replica) -> None:
+        self._pool_of.pop(job.job_id, None)
+
+
+class LengthOnly(_PoolAware):
+    name = "length_only"
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self._rng = random.Random(seed)
+
+    def choose(self, job: Job, fleet: Fleet) -> Replica | None:
+        return _pow2(fleet.with_room(self._pool_of[job.job_id]), self._rng)
+
+
+@dataclass
+class _Booked:
+    tokens: int = 0
+    requests: int = 0
+
+
+class LeastLoaded:
+    """One pool's replicas in router.balancing order, least loaded first, for O(log n) choices.
+
+    ranked() sorts the whole pool on every request, which dominates the simulation with hundreds
+    of replicas. This heap orders replicas by the same key, (score(load), replica_id), so its
+    first replica with room is ranked(loads)[0] over the replicas with room (a unit test checks
+    that). Entries go stale when a replica's load changes and are dropped when they surface.
+    """
+
+    def __init__(self, replicas: Sequence[Replica]) -> None:
+        self._heap: list[tuple[tuple, int, Replica]] = []
+        self._current: dict[str, int] = {}  # replica_id -> sequence number of its live entry
+        self._loads: dict[str, ReplicaLoad] = {}
+        self._seq = 0
+        for replica in replicas:
+            self.update(replica, ReplicaLoad(replica.replica_id))
+
+    def update(self, replica: Replica, load: ReplicaLoad) -> None:
+        self._seq += 1
+        self._current[replica.replica_id] = self._seq
+        self._loads[replica.replica_id] = load
+        heapq.heappush(self._heap, ((score(load), load.replica_id), self._seq, replica))
+        if len(self._heap) > 4 * len(self._current) + 64:  # too many stale entries: rebuild
+            self._heap = [e for e in self._heap if self._current[e[2].replica_id] == e[1]]
+            heapq.heapify(self._heap)
+
+    def load(self, replica_id: str) -> ReplicaLoad:
+        return self._loads[replica_id]
+
+    def first_with_room(self) -> Replica | None:
+        heap, full, chosen = self._heap, [], None
+        while heap:
+            entry = heap[0]
+            if self._current[entry[2].replica_id] != entry[1]:
+                heapq.heappop(heap)  # stale
+            elif entry[2].has_room:
+                chosen = entry[2]
+                break
+            else:
+                full.append(heapq.heappop(heap))  # at max_ongoing_requests: not a candidate now
+        for entry in full:
+            heapq.heappush(heap, entry)
+        return chosen
+
+
+class Ours(_PoolAware):
+    """Spill by pool outstanding tokens; least outstanding tokens inside the pool."""
+
+    name = "ours"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pool_tokens: dict[str, int] = {}
+        self._ranking: dict[str, LeastLoaded] = {}  # per pool
+        self._work: dict[str, int] = {}
+
+    def _outstanding(self) -> dict[str, int]:
+        return self._pool_tokens
+
+    def _book_on_pool(self, job: Job, pool: str, fleet: Fleet) -> None:
+        # As the ingress: the granted max_tokens is what the pool leaves after the prompt, and
+        # the work is booked on the pool when the request is dispatched to it.
+        granted = fleet.limits[pool].context_limit(fleet.cap) - job.prompt_tokens
+        work = work_tokens(job.prompt_tokens, granted)
+        self._work[job.job_id] = work
+        self._pool_tokens[pool] = self._pool_tokens.get(pool, 0) + work
+        if pool not in self._ranking:
+            self._ranking[pool] = LeastLoaded(fleet.by_pool[pool])
+
+    def choose(self, job: Job, fleet: Fleet) -> Replica | None:
+        return self._ranking[self._pool_of[job.job_id]].first_with_room()
+
+    def _book(self, job: Job, replica: Replica, sign: int) -> None:
+        """Add (+1) or remove (-1) the job's work on the replica, as the router's in-flight ledger."""
+        ranking = self._ranking[replica.pool]
+        load = ranking.load(replica.replica_id)
+        ranking.update(replica, ReplicaLoad(replica.replica_id,
+                                            local_tokens=load.local_tokens + sign * self._work[job.job_id],
+                                            local_requests=load.local_requests + sign))
+
+    def on_route(self, job: Job, replica: Replica) -> None:
+        self._book(job, replica, +1)
+
+    def on_finish(self, job: Job, replica: Replica) -> None:
+        self._book(job, replica, -1)
+        self._pool_tokens[replica.pool] -= self._work.pop(job.job_id)
+        super().on_finish(job, replica)
+
+
+POLICIES = ("round_robin", "pow2", "length_only", "ours")
+
+
+def make_policy(name: str, seed: int = 0) -> Policy:
+    """A fresh policy (they keep state: one per simulation)."""
+    factories = {"round_robin": RoundRobin, "pow2": lambda: PowerOfTwo(seed),
+                 "length_only": lambda: LengthOnly(seed), "ours": Ours}
+    return factories[name]()
