@@ -77,9 +77,6 @@ class EngineLoop:
     def stats(self) -> EngineStats:
         return self._engine.stats()
 
-    def prefix_cached(self, prefix_key: str) -> int:
-        return self._engine.prefix_cached(prefix_key)
-
     async def _run(self) -> None:
         deadline = self._clock()
         while not self._engine.idle:
