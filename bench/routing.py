@@ -233,12 +233,11 @@ def plot(local: list[dict], sim: dict) -> None:
     axes[1].set_title(f"simulator: {sim['fleet']} at {sim['load_rps']} req/s\ngoodput (req/s)")
     width = 0.4
     xs = range(len(names))
-    finite = lambda v: v if v is not None and v != float("inf") else 0.0  # noqa: E731
-    axes[2].bar([x - width / 2 for x in xs], [finite(r["ttft_p50_s"]) for r in local], width, label="p50")
-    axes[2].bar([x + width / 2 for x in xs], [finite(r["ttft_p99_s"]) for r in local], width, label="p99")
+    axes[2].bar([x - width / 2 for x in xs], [100 * r["goodput_fraction"] for r in local], width, label="local")
+    axes[2].bar([x + width / 2 for x in xs], [100 * sim_rows[n]["goodput_fraction"] for n in names], width,
+                label="simulator")
     axes[2].set_xticks(list(xs), names)
-    axes[2].set_yscale("log")
-    axes[2].set_title("local cluster: TTFT (GPU seconds)")
+    axes[2].set_title("requests meeting both objectives (%)")
     axes[2].legend()
     save(fig, "routing")
 
