@@ -24,16 +24,15 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from bench.policies import POLICIES, REJECTED, Fleet, Policy, Replica, make_policy
+from bench.report import save, write_json
 from bench.workload import CONTEXT_CAP, Job, describe, generate
 from deployments.engine_model import H100_TP1, L40S_TP2, EngineModel, GPUProfile
 from router.pools import PoolLimits
 
-RESULTS_DIR = Path(__file__).parent / "results"
 
 # GPU prices: ASSUMPTIONS, round on-demand figures (us-east-1, 2025), not quotes.
 # H100 80 GB: p5.48xlarge (8x H100 SXM) at ~$55/h after AWS's mid-2025 price cut -> ~$7 per GPU-hour.
@@ -549,8 +548,7 @@ def _plot(size_rows: list[Result], share_rows: list[Result], load_rows: list[Res
     ax.set(xlabel=f"replicas ({plan.size_h100_share:.0%} H100, rest 2xL40S)", ylabel="goodput (req/s meeting SLO)",
            title=f"Goodput vs fleet size at {plan.load:g} req/s")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(RESULTS_DIR / "fleet_size.png", dpi=110)
+    save(fig, "fleet_size")
     written.append("fleet_size.png")
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -561,8 +559,7 @@ def _plot(size_rows: list[Result], share_rows: list[Result], load_rows: list[Res
     right.set(xlabel=f"H100 share of {plan.share_total} replicas", ylabel="good requests per $",
               title="Goodput per dollar")
     left.legend()
-    fig.tight_layout()
-    fig.savefig(RESULTS_DIR / "h100_share.png", dpi=110)
+    save(fig, "h100_share")
     written.append("h100_share.png")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -570,10 +567,8 @@ def _plot(size_rows: list[Result], share_rows: list[Result], load_rows: list[Res
     ax.set(xlabel="offered load (req/s)", ylabel="goodput (req/s meeting SLO)",
            title=f"Goodput vs load, {load_rows[0].fleet}")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(RESULTS_DIR / "load.png", dpi=110)
+    save(fig, "load")
     written.append("load.png")
-    plt.close("all")
     return written
 
 
@@ -642,7 +637,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    RESULTS_DIR.mkdir(exist_ok=True)
     started = time.perf_counter()
     slo = SLO()
     report: dict = {"plan": asdict(plan), "slo": asdict(slo),
@@ -675,8 +669,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     report["plots"] = _plot(size_rows, share_rows, load_rows, plan)
     report["wall_s"] = round(time.perf_counter() - started, 1)
-    (RESULTS_DIR / "fleet_sim.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    print(f"\nwrote {RESULTS_DIR / 'fleet_sim.json'} and {', '.join(report['plots'])} in {report['wall_s']:.0f} s "
+    write_json("fleet_sim", report)
+    print(f"\nwrote fleet_sim.json and {', '.join(report['plots'])} in {report['wall_s']:.0f} s "
           f"(sections: {report['section_wall_s']})")
 
 
