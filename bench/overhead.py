@@ -145,7 +145,7 @@ def count_cost() -> list[dict]:
     from router.tokens import TekkenCounter, chat_upper_bound
 
     counter = TekkenCounter()
-    raw = counter._tokenizer.instruct_tokenizer.tokenizer  # the bare Tekken BPE
+    raw = counter.tokenizer.instruct_tokenizer.tokenizer  # the bare Tekken BPE
     rows = []
     for words in (20, 300, 3_000, 12_000, 30_000):
         text = " ".join(f"w{i % 997}" for i in range(words))

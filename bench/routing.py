@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -167,9 +168,8 @@ def run_local(rate_rps: float, duration_s: float, seed: int, drain_s: float) -> 
     import ray
     from ray import serve
 
-    jobs = [j for j in generate(rate_rps, duration_s, seed)]
-    jobs = [Job(j.job_id, j.arrival_s, j.prompt_tokens, min(j.output_tokens, OUTPUT_CAP), j.prefix_key, j.prefix_tokens)
-            for j in jobs]
+    jobs = [dataclasses.replace(j, output_tokens=min(j.output_tokens, OUTPUT_CAP))
+            for j in generate(rate_rps, duration_s, seed)]
     workload = describe(jobs)
     print(f"workload: {len(jobs)} requests over {duration_s:.0f} GPU-seconds at {rate_rps} req/s "
           f"({duration_s / TIME_SCALE:.0f} s here at time scale {TIME_SCALE:g}), outputs cut at {OUTPUT_CAP}",
