@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from ray import serve
 
-from deployments.protocol import DELTA, END, GenerateRequest
+from common.protocol import DELTA, END, GenerateRequest
 
 app = FastAPI()
 

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.fleet_sim [--quick]
 
 Discrete events (arrivals, replica step ends) on a heap; each replica is one
-deployments.engine_model.EngineModel taking steps back to back while it holds work. Requests that
+common.engine_model.EngineModel taking steps back to back while it holds work. Requests that
 no replica can take (every candidate at max_ongoing_requests) wait in the router's FIFO and are
 retried when a slot frees. Goodput counts requests meeting both TTFT and TPOT objectives.
 
@@ -30,8 +30,8 @@ import numpy as np
 from bench.policies import POLICIES, REJECTED, Fleet, Policy, Replica, make_policy
 from bench.report import save, write_json
 from bench.workload import CONTEXT_CAP, Job, describe, generate
-from deployments.engine_model import H100_TP1, L40S_TP2, EngineModel, GPUProfile
-from router.pools import PoolLimits
+from common.engine_model import H100_TP1, L40S_TP2, EngineModel, GPUProfile
+from router.routing.pools import PoolLimits
 
 
 # GPU prices: ASSUMPTIONS, round on-demand figures (us-east-1, 2025), not quotes.

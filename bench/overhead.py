@@ -67,7 +67,7 @@ def deploy(folder: Path, otlp_endpoint: str) -> None:
     from bench.bare_ingress import BareIngress
     from cluster.local import wait_for_health
     from deployments.stub_replica import StubReplica
-    from router.app import build_app
+    from cluster.app import build_app
 
     (folder / "tenants.yaml").write_text(json.dumps(TENANTS))
     (folder / "prices.yaml").write_text(json.dumps(PRICES))
@@ -133,7 +133,7 @@ def print_row(row: dict) -> None:
 
 def counting_share(spans) -> tuple[int, int]:
     """(requests whose admission ran the exact count, requests admitted), from the router's spans."""
-    from router.telemetry import attributes as A
+    from common.telemetry import attributes as A
 
     admissions = [s for s in spans if s.name == "admission"]
     return sum(1 for s in admissions if s.attributes.get(A.PROMPT_COUNTED)), len(admissions)
@@ -142,7 +142,7 @@ def counting_share(spans) -> tuple[int, int]:
 def count_cost() -> list[dict]:
     """The router's exact count (chat template included) against the raw Tekken encode of the
     same text, and whether the byte bound alone decides (then nothing is counted)."""
-    from router.tokens import TekkenCounter, chat_upper_bound
+    from common.tokens import TekkenCounter, chat_upper_bound
 
     counter = TekkenCounter()
     raw = counter.tokenizer.instruct_tokenizer.tokenizer  # the bare Tekken BPE

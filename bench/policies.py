@@ -8,9 +8,9 @@ policy obeys each replica's max_ongoing_requests; only the pool-aware ones obey 
 - round_robin: every replica in turn, blind to pools and lengths.
 - pow2: Ray Serve's default PowerOfTwoChoicesRequestRouter over the whole fleet.
 - length_only: our pool choice by prompt length without spill, then pow2 inside the pool.
-- ours: router.pools.choose_pool with real outstanding tokens (spill), then the least loaded
-  replica of that pool in router.balancing's order (score, then id), with work booked as the
-  router books it (deployments.protocol.work_tokens, added when routed, removed when finished).
+- ours: router.routing.pools.choose_pool with real outstanding tokens (spill), then the least loaded
+  replica of that pool in router.routing.load_book's order (score, then id), with work booked as the
+  router books it (common.protocol.work_tokens, added when routed, removed when finished).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bench.workload import CONTEXT_CAP, Job
-from deployments.protocol import work_tokens
-from router.balancing import ReplicaLoad, score
+from common.protocol import work_tokens
+from router.routing.load_book import ReplicaLoad, score
 from router.context_cap import ContextLengthExceeded
-from router.pools import PoolLimits, choose_pool
+from router.routing.pools import PoolLimits, choose_pool
 
 FLEET_QUEUE = "fleet"  # the one router FIFO of the fleet-wide baselines
 REJECTED = "rejected"  # the queue of requests no pool can hold (answered 400, never served)
@@ -177,7 +177,7 @@ class PowerOfTwo:
 
 
 class _PoolAware:
-    """Pool chosen once per request by router.pools.choose_pool; subclasses pick the replica."""
+    """Pool chosen once per request by router.routing.pools.choose_pool; subclasses pick the replica."""
 
     respects_pool_limits = True
 
@@ -226,7 +226,7 @@ class _Booked:
 
 
 class LeastLoaded:
-    """One pool's replicas in router.balancing order, least loaded first, for O(log n) choices.
+    """One pool's replicas in router.routing.load_book order, least loaded first, for O(log n) choices.
 
     ranked() sorts the whole pool on every request, which dominates the simulation with hundreds
     of replicas. This heap orders replicas by the same key, (score(load), replica_id), so its

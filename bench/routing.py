@@ -78,7 +78,7 @@ def deploy_all(folder: Path) -> dict[str, str]:
     from ray import serve
 
     from cluster.local import wait_for_health
-    from router.app import build_app
+    from cluster.app import build_app
 
     tenants = {"tenants": {"bench": {"api_keys": [KEY]}}}
     prices = {"default_tier": "standard", "tiers": {"standard": {

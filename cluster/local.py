@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from router.telemetry.otel_setup import forwarded_env
+from common.telemetry.otel_setup import forwarded_env
 
 DEMO_KEY = "sk-local-demo"
 # How HTTP reaches the ingress replicas. "proxy" (default): Serve's Python proxy actor.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import ray
 from ray import serve
 
-from deployments.protocol import STAT_ONGOING_REQUESTS, STAT_QUEUED_TOKENS
+from common.protocol import STAT_ONGOING_REQUESTS, STAT_QUEUED_TOKENS
 
 
 @dataclass

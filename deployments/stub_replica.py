@@ -25,16 +25,16 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from deployments.engine_loop import EngineLoop
-from deployments.engine_model import PROFILES
-from deployments.protocol import GenerateRequest, delta_event, end_event, error_event, start_event
+from common.engine_model import PROFILES
+from common.protocol import GenerateRequest, delta_event, end_event, error_event, start_event
 from deployments.reasoning_split import RawText, ThinkSplitter
 from deployments.replica_load import ReplicaIdentity, ReplicaLoadTracker
 from deployments.stop_strings import StopMatcher
 from deployments.stub_text import FILLER_TEXT, last_user_text, stub_completion_text
-from router.telemetry.metrics import ReplicaMetrics
-from router.telemetry.otel_setup import configure_tracing
-from router.telemetry.replica_span import GenerationSpan
-from router.tokens import TekkenCounter
+from common.telemetry.replica_metrics import ReplicaMetrics
+from common.telemetry.otel_setup import configure_tracing
+from common.telemetry.replica_span import GenerationSpan
+from common.tokens import TekkenCounter
 
 PREFIX_COUNTS_KEPT = 1024  # distinct system prompts whose token count is remembered
 # Tokens never held back by emit_interval_ms: the first visible text may take a few (the stub's

@@ -38,7 +38,7 @@ _NAMED_SPECIALS = {32: "[ARGS]", 33: "[CALL_ID]"}
 def write_v11_tekken(out: Path) -> None:
     from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
-    from router.tokens import bundled_tekken_path
+    from common.tokens import bundled_tekken_path
 
     data = json.loads(Path(bundled_tekken_path()).read_text())
     data["config"]["version"] = "v11"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from router.config import AppConfig, PoolConfig, VLLMEngine
+from common.config import AppConfig, PoolConfig, VLLMEngine
 
 # Magistral Small 2506 model card: mistral tokenizer/config/weights, mistral tool calls and
 # reasoning parser. Pool-specific values (context, TP, quantization) are added per pool.

@@ -19,13 +19,13 @@ from ray.llm._internal.serve.core.protocol import RawRequestInfo  # private in r
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
-from deployments.protocol import GenerateRequest, delta_event, end_event, error_event, start_event
+from common.protocol import GenerateRequest, delta_event, end_event, error_event, start_event
 from deployments.replica_load import ReplicaIdentity, ReplicaLoadTracker
 from deployments.vllm_config import llm_config_kwargs
-from router.config import AppConfig, PoolConfig
-from router.telemetry.metrics import ReplicaMetrics
-from router.telemetry.otel_setup import configure_tracing, engine_traces_endpoint, otlp_protocol
-from router.telemetry.replica_span import GenerationSpan
+from common.config import AppConfig, PoolConfig
+from common.telemetry.replica_metrics import ReplicaMetrics
+from common.telemetry.otel_setup import configure_tracing, engine_traces_endpoint, otlp_protocol
+from common.telemetry.replica_span import GenerationSpan
 
 
 class _LatestSchedulerStats:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from router.context_cap import OverflowPolicy, apply_cap
-from router.pools import PoolChoice, PoolLimits, choose_pool, largest_context, pools_that_hold
+from router.routing.pools import PoolChoice, PoolLimits, choose_pool, largest_context, pools_that_hold
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def admit(
 ) -> Admission:
     """Decide a request. Raises ContextLengthExceeded (-> HTTP 400) with the real counts.
 
-    upper_bound: from router.tokens, None when there is no cheap bound (always count then).
+    upper_bound: from common.tokens, None when there is no cheap bound (always count then).
     """
     cap = effective_cap(pools, cap)
     if bound_decides(upper_bound, max_tokens, pools, cap):

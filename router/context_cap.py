@@ -6,14 +6,8 @@ Pure arithmetic, no Ray or FastAPI, so every rule has a millisecond unit test.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
-
-class OverflowPolicy(str, Enum):
-    """What to do when prompt + max_tokens exceeds the cap but the prompt alone fits."""
-
-    CLAMP = "clamp"  # shrink max_tokens to what is left (default; the model card asks for 40 960)
-    STRICT = "strict"  # refuse with 400 context_length_exceeded
+from common.config import OverflowPolicy  # noqa: F401 - re-exported: the cap's policy
 
 
 class ContextLengthExceeded(ValueError):

@@ -21,29 +21,29 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.protocol import DELTA, END, ERROR, START, GenerateRequest
+from common.protocol import DELTA, END, ERROR, START, GenerateRequest
 from router import errors
 from router.admission import Admission, admit
 from router.body_limit import BodyLimitMiddleware
 from router.api_models import ChatCompletionRequest, CompletionRequest
-from router.config import AppConfig
+from common.config import AppConfig
 from router.context_cap import ContextLengthExceeded
-from router.inflight import InFlight
+from router.routing.load_book import LoadBook
 from router.magistral_defaults import with_default_sampling, with_system_prompt
 from router.openai_format import Collected, ResponseWriter
-from router.pools import PoolLimits
+from router.routing.pools import PoolLimits, pool_limits
 from router.tenancy.directory import Tenant
 from router.tenancy.gate import CANCELLED, FAILED, Meter, TenancyGate, TenancySettings, cost_header
 from router.tenancy.store import RequestInfo
-from router.telemetry import attributes as A
+from common.telemetry import attributes as A
 from router.telemetry.asgi import IngressTelemetry, TelemetryMiddleware, request_trace, trace_id_header
 from router.telemetry.metrics import IngressMetrics
-from router.telemetry.otel_setup import configure_tracing
+from common.telemetry.otel_setup import configure_tracing
 from router.telemetry.request_trace import RequestTrace
 from router.telemetry.span_attributes import (admission_attributes, messages_attribute, quota_attributes,
                                               routing_attributes)
 from router.tenancy.usage_report import UsageQuery, report
-from router.tokens import PromptInvalid, TekkenCounter, chat_upper_bound, text_upper_bound
+from common.tokens import PromptInvalid, TekkenCounter, chat_upper_bound, text_upper_bound
 from router.wire import anthropic
 from router.wire.answer_formats import AnthropicAnswer, OpenAIAnswer
 
@@ -189,10 +189,10 @@ class RouterIngress:
             pools=tuple(p.name for p in self._config.enabled_pools)))
         app.state.gate = self._gate  # one ingress replica per process
         self._pools = pools
-        self._limits = self._config.pool_limits()
+        self._limits = pool_limits(self._config)
         self._counter = TekkenCounter(self._config.tokenizer_path)
         self._model_ids = set(self._config.served_model_ids())
-        self._pool_load = InFlight()  # outstanding tokens this ingress sent to each pool
+        self._pool_load = LoadBook()  # outstanding tokens this ingress sent to each pool
 
     # ---- routes -------------------------------------------------------------------------
     @app.get("/health", responses={503: {"description": "A pool has no ready replica."}})
@@ -386,7 +386,7 @@ class RouterIngress:
                      rt: RequestTrace):
         """Dispatch to the pool and answer through `answer` (router/wire/answer_formats.py)."""
         pool, request_key = admission.pool, job.request_key
-        self._pool_load.add(pool, request_key, job.work_tokens)
+        self._pool_load.book(pool, request_key, job.work_tokens)
         route_span, job.trace_context = rt.start_routing(
             request_key, routing_attributes(admission, rt.pool_load) if rt.span.is_recording() else {})
         events = None
@@ -485,6 +485,6 @@ class RouterIngress:
 
     def _release(self, load_key: str, events) -> None:
         """Forget the request's load; if the stream did not finish, stop the replica's work."""
-        self._pool_load.remove(load_key)
+        self._pool_load.release(load_key)
         if events is not None:
             events.cancel()

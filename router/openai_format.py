@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from deployments.protocol import DELTA, END
+from common.protocol import DELTA, END
 
 
 def usage_body(end: dict, cost_usd: Decimal | None = None) -> dict:

@@ -6,7 +6,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import pytest
 
-from router.tokens import TekkenCounter
+from common.tokens import TekkenCounter
 from tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 from tests.shared_cluster import auth, base_url, local_cluster, otlp_receiver, ray_driver  # noqa: F401 (fixtures)
 

@@ -133,7 +133,7 @@ def auth() -> dict:
 
 
 def deploy_app(local_cluster: dict, name: str, args: dict, timeout_s: float = 180) -> str:
-    """Deploy router.app:build_app(args) as an extra application at /<name>; wait for /health.
+    """Deploy cluster.app:build_app(args) as an extra application at /<name>; wait for /health.
 
     Needs the `ray_driver` fixture. Returns the application's root URL. Unless `args` say
     otherwise, the application shares the session's ledger and prices its pools at the local
@@ -142,7 +142,7 @@ def deploy_app(local_cluster: dict, name: str, args: dict, timeout_s: float = 18
     from ray import serve
 
     from cluster.local import wait_for_health
-    from router.app import build_app
+    from cluster.app import build_app
 
     args = {"ledger_url": local_cluster["ledger_url"], **args}
     if "prices_file" not in args:

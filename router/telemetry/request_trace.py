@@ -18,9 +18,9 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from router.telemetry import attributes as A
+from common.telemetry import attributes as A
 from router.telemetry import routing_spans
-from router.telemetry.propagation import carrier_for, trace_id_hex
+from common.telemetry.propagation import carrier_for, trace_id_hex
 from router.telemetry.request_record import CANCELLED, FAILED, REFUSED, RequestRecord, metric_points
 from router.telemetry.span_attributes import placement_attributes
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from opentelemetry.trace import Span
 
-from router.balancing import ReplicaLoad
+from router.routing.load_book import ReplicaLoad
 from router.telemetry.span_attributes import replica_ranking_attributes
 
 _live: dict[str, list] = {}  # request key -> [span, ranking attempts]

@@ -6,8 +6,8 @@ import json
 from collections.abc import Mapping, Sequence
 
 from router.admission import Admission
-from router.balancing import ReplicaLoad
-from router.telemetry import attributes as A
+from router.routing.load_book import ReplicaLoad
+from common.telemetry import attributes as A
 from router.tenancy.quota import Grant
 
 AttributeValue = str | bool | int | float | Sequence[str] | Sequence[int]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from deployments.protocol import DELTA, END, START
+from common.protocol import DELTA, END, START
 from router import errors
 from router.tenancy.directory import ReloadingFile, Tenant, TenantDirectory
 from router.tenancy.pricing import PriceTable, Prices, usd_text

@@ -11,7 +11,7 @@ import pytest
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from deployments.protocol import GenerateRequest
+from common.protocol import GenerateRequest
 from deployments.stub_replica import StubReplica
 from router.request_router import TokenLoadRouter
 from tests.shared_cluster import deploy_app

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from cluster import generate
-from router.config import AppConfig, PoolConfig, VLLMEngine
+from common.config import AppConfig, PoolConfig, VLLMEngine
 from tests.cluster_defs.crd_fields import check_manifest, derive, load_allowlist
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def _load(path: Path) -> Any:
 
 
 PROD = _load(PRODUCTION)
-ROUTER_APPS = [a for a in PROD["applications"] if a["import_path"] == "router.app:build_app"]
+ROUTER_APPS = [a for a in PROD["applications"] if a["import_path"] == "cluster.app:build_app"]
 assert len(ROUTER_APPS) == 1, "production.yaml must have one router application"
 CONFIG = AppConfig.model_validate(ROUTER_APPS[0]["args"])  # no env overrides: the file as written
 GPU_POOLS = [p for p in CONFIG.pools if isinstance(p.engine, VLLMEngine) and p.engine.device == "gpu"]

@@ -81,8 +81,8 @@ def test_anthropic_tool_use_round_trips_through_the_magistral_parser(tool_parser
     model's tokenizer renders."""
     import anthropic
 
-    from deployments.protocol import delta_event, end_event
-    from router.tokens import TekkenCounter
+    from common.protocol import delta_event, end_event
+    from common.tokens import TekkenCounter
     from router.wire.anthropic import MessagesRequest, MessageWriter, to_chat
 
     tools = [{"name": "get_weather", "description": "Weather for a city",

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from deployments.vllm_config import llm_config_kwargs
-from router.config import AppConfig
+from common.config import AppConfig
 
 pytestmark = pytest.mark.integration
 

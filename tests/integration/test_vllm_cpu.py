@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from router.magistral_defaults import with_system_prompt
-from router.tokens import TekkenCounter
+from common.tokens import TekkenCounter
 from tests.shared_cluster import deploy_app
 
 pytestmark = pytest.mark.integration

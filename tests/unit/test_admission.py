@@ -4,8 +4,8 @@ import pytest
 
 from router.admission import admit, bound_decides
 from router.context_cap import ContextLengthExceeded, OverflowPolicy
-from router.pools import PoolLimits
-from router.tokens import chat_upper_bound
+from router.routing.pools import PoolLimits
+from common.tokens import chat_upper_bound
 from tests.conftest import user_prompt_with_tokens
 
 CAP = 40_960

@@ -12,7 +12,7 @@ from anthropic.types import Message, RawMessageStreamEvent
 from anthropic.types.shared import ErrorResponse
 from pydantic import TypeAdapter, ValidationError
 
-from deployments.protocol import delta_event, end_event
+from common.protocol import delta_event, end_event
 from router.api_models import ChatCompletionRequest
 from router.magistral_defaults import with_system_prompt
 from router.openai_format import Collected

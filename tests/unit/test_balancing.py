@@ -1,5 +1,4 @@
-from router.balancing import ReplicaLoad, rank
-from router.inflight import InFlight
+from router.routing.load_book import LoadBook, ReplicaLoad, booking_target, rank
 
 
 def test_rank_by_tokens_not_requests():
@@ -25,16 +24,33 @@ def test_ties_break_on_requests_then_id():
     assert rank([ReplicaLoad("b", 1, 1), ReplicaLoad("a", 900, 1)], "requests") == ["a", "b"]
 
 
-def test_inflight_add_move_remove():
-    f = InFlight()
-    f.add("a", "r1", 100)
-    f.add("a", "r2", 50)
+def test_book_add_move_release():
+    f = LoadBook()
+    f.book("a", "r1", 100)
+    f.book("a", "r2", 50)
     assert (f.tokens("a"), f.requests("a")) == (150, 2)
-    f.add("b", "r1", 100)  # re-routed
+    f.book("b", "r1", 100)  # re-routed
     assert (f.tokens("a"), f.tokens("b")) == (50, 100)
-    f.remove("r1")
-    f.remove("r1")  # twice is harmless
+    assert f.booked_on("r1") == "b"
+    f.release("r1")
+    f.release("r1")  # twice is harmless
     assert f.snapshot_tokens() == {"a": 50}
+    assert f.booked_on("r1") is None
+
+
+def test_booking_target_is_the_first_rank_with_room():
+    assert booking_target(["a", "b", "c"], lambda r: r != "a") == "b"
+    assert booking_target(["a", "b"], lambda r: False) == "a"  # all full: Serve waits on the first
+
+
+def test_rank_and_book_books_the_expected_pick_and_ranks_it_loaded_next_time():
+    f = LoadBook()
+    first = f.rank_and_book("r1", 500, [f.load("a"), f.load("b", reported_tokens=100)], lambda r: True)
+    assert [l.replica_id for l in first] == ["a", "b"] and f.booked_on("r1") == "a"
+    second = f.rank_and_book("r2", 500, [f.load("a"), f.load("b", reported_tokens=100)], lambda r: True)
+    assert second[0].replica_id == "b"  # a now carries r1's 500 booked tokens
+    f.rank_and_book("r3", 10, [f.load("a"), f.load("b")], lambda r: r == "b")
+    assert f.booked_on("r3") == "b"  # a ranks first but has no room
 
 
 def test_token_ranking_spreads_a_mixed_burst_better_than_counting():
@@ -42,10 +58,9 @@ def test_token_ranking_spreads_a_mixed_burst_better_than_counting():
     burst = [3_000, 50] * 10
 
     def spread(metric):
-        f = InFlight()
+        f = LoadBook()
         for i, tokens in enumerate(burst):
-            target = rank([ReplicaLoad(k, local_tokens=f.tokens(k), local_requests=f.requests(k)) for k in "ab"], metric)[0]
-            f.add(target, str(i), tokens)
+            f.rank_and_book(str(i), tokens, [f.load(k) for k in "ab"], lambda r: True, metric)
         return abs(f.tokens("a") - f.tokens("b"))
 
     assert spread("tokens") < spread("requests")

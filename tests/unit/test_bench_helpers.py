@@ -6,7 +6,7 @@ from bench.fleet_sim import SLO
 from bench.http_timing import Sample, percentile
 from bench.routing import TIME_SCALE, body_for, judge
 from bench.workload import Job
-from router.tokens import TekkenCounter
+from common.tokens import TekkenCounter
 
 
 def test_rendered_prompts_have_the_jobs_token_count():

@@ -3,7 +3,7 @@ import yaml
 from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
-from router.config import AppConfig
+from common.config import AppConfig
 
 
 def local_args():
@@ -42,7 +42,7 @@ def test_bad_config_is_refused():
 
 
 def test_stub_engine_takes_one_kind_of_speed():
-    from router.config import StubEngine
+    from common.config import StubEngine
 
     assert StubEngine(gpu="H100_TP1", time_scale=4).replica_kwargs() == {
         "gpu": "H100_TP1", "time_scale": 4.0, "emit_interval_ms": 0.0}

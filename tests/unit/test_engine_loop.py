@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from deployments.engine_loop import EngineLoop
-from deployments.engine_model import GPUProfile
+from common.engine_model import GPUProfile
 
 FAST = GPUProfile(name="fast", max_num_batched_tokens=100, max_num_seqs=8, kv_capacity_tokens=10_000,
                   base_s=0.01, prefill_s_per_token=0.001, decode_s_per_seq=0.002,

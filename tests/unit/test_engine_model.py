@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from deployments.engine_model import (
+from common.engine_model import (
     H100_TP1,
     L40S_TP2,
     PROFILES,

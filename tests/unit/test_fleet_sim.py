@@ -18,9 +18,9 @@ from bench.policies import (
     RoundRobin,
 )
 from bench.workload import CONTEXT_CAP, DEFAULT_MIX, Job, describe, generate
-from deployments.engine_model import PROFILES
-from deployments.protocol import work_tokens
-from router.balancing import ReplicaLoad, ranked
+from common.engine_model import PROFILES
+from common.protocol import work_tokens
+from router.routing.load_book import ReplicaLoad, ranked
 
 
 def job(i: int, prompt: int, output: int = 100) -> Job:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from router.telemetry.metrics import METRICS, REPLICA_GAUGES
+from common.telemetry.replica_metrics import REPLICA_GAUGES
+from router.telemetry.metrics import METRICS
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "configs" / "grafana" / "magistral-router.json"
 

@@ -174,7 +174,7 @@ def test_anthropic_values_refused_up_front(extra):
 
 
 def test_tool_arguments_no_json_response_can_carry_become_an_empty_input():
-    from deployments.protocol import delta_event, end_event
+    from common.protocol import delta_event, end_event
     from router.wire.anthropic import MessageWriter
 
     call = {"index": 0, "id": "abcdefghi", "function": {"name": "f", "arguments": '{"x": NaN, "y": 1e999}'}}

@@ -1,7 +1,7 @@
 import pytest
 
 from router.context_cap import ContextLengthExceeded
-from router.pools import ALL_SATURATED, PREFERRED, SPILLED, PoolLimits, choose_pool
+from router.routing.pools import ALL_SATURATED, PREFERRED, SPILLED, PoolLimits, choose_pool
 
 CAP = 40_960
 SHORT = PoolLimits("short", max_model_len=16_384, max_prompt_tokens=8_192, spill_at_outstanding_tokens=1_000)

@@ -7,6 +7,7 @@ from itertools import pairwise
 
 import pytest
 
+from common.telemetry.replica_metrics import ReplicaMetrics
 from router.telemetry import metrics as M
 from router.telemetry.request_record import (
     CANCELLED,
@@ -216,7 +217,7 @@ def test_ingress_metrics_never_raise(fake_ray_metrics, caplog):
 
 
 def test_replica_metrics_set_only_the_stats_given(fake_ray_metrics):
-    replica = M.ReplicaMetrics("short", "L4")
+    replica = ReplicaMetrics("short", "L4")
     replica.update({"queued_tokens": 120, "ongoing_requests": 3, "unrelated": 1})
     tags = {"pool": "short", "accelerator": "L4"}
     assert replica._gauges["queued_tokens"].calls == [("set", 120.0, tags)]

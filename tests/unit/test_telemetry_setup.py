@@ -3,7 +3,7 @@
 import pytest
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-from router.telemetry.otel_setup import (TelemetryConfigError, build_provider, engine_traces_endpoint,
+from common.telemetry.otel_setup import (TelemetryConfigError, build_provider, engine_traces_endpoint,
                                          exporter_names, forwarded_env, otlp_protocol)
 
 

@@ -17,21 +17,22 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from opentelemetry.trace import SpanKind, StatusCode
 
-from deployments.protocol import (
+from common.protocol import (
     GenerateRequest,
     delta_event,
     end_event,
     error_event,
     start_event,
 )
-from router import balancing
+from router.routing import load_book as balancing
 from router.admission import admit
 from router.context_cap import OverflowPolicy
-from router.pools import SPILLED, PoolLimits
-from router.telemetry import attributes as A
-from router.telemetry import replica_span, routing_spans
+from router.routing.pools import SPILLED, PoolLimits
+from common.telemetry import attributes as A
+from common.telemetry import replica_span
+from router.telemetry import routing_spans
 from router.telemetry.asgi import IngressTelemetry, TelemetryMiddleware, request_trace, trace_id_header
-from router.telemetry.propagation import carrier_for, context_from, trace_id_hex
+from common.telemetry.propagation import carrier_for, context_from, trace_id_hex
 from router.telemetry.request_trace import UNMATCHED, start_request_trace
 from router.telemetry.span_attributes import (
     admission_attributes,

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 import yaml
 
-from deployments.protocol import delta_event, end_event, start_event
+from common.protocol import delta_event, end_event, start_event
 from router import errors
 from router.tenancy import gate as gate_module
 from router.tenancy.gate import TenancyGate, TenancySettings

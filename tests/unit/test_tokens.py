@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from router.tokens import PromptInvalid, chat_upper_bound, text_upper_bound
+from common.tokens import PromptInvalid, chat_upper_bound, text_upper_bound
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]

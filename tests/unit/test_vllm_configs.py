@@ -4,7 +4,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from deployments.vllm_config import MAGISTRAL_ENGINE_KWARGS, llm_config_kwargs
-from router.config import AppConfig
+from common.config import AppConfig
 
 
 def load(path):

@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable
 from decimal import Decimal
 
-from deployments.protocol import DELTA
+from common.protocol import DELTA
 from router.openai_format import Collected
 from router.wire.anthropic.errors import error_body
 from router.wire.anthropic.translate import mistral_call_id

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from common.config import AppConfig, PoolConfig
 from router.context_cap import ContextLengthExceeded
 
 
@@ -33,6 +34,20 @@ class PoolLimits:
             prompt_tokens <= self.max_prompt_tokens
             and prompt_tokens + wanted <= self.context_limit(cap)
         )
+
+
+def limits_of(pool: PoolConfig) -> PoolLimits:
+    return PoolLimits(
+        name=pool.name,
+        max_model_len=pool.max_model_len,
+        max_prompt_tokens=pool.max_prompt_tokens or pool.max_model_len - 1,
+        spill_at_outstanding_tokens=pool.spill_at_outstanding_tokens,
+    )
+
+
+def pool_limits(config: AppConfig) -> list[PoolLimits]:
+    """The enabled pools' limits, in config order."""
+    return [limits_of(p) for p in config.enabled_pools]
 
 
 @dataclass(frozen=True)

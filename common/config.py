@@ -5,16 +5,22 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from enum import Enum
 
-from router.context_cap import OverflowPolicy
-from router.pools import PoolLimits
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAGISTRAL_CONTEXT = 40_960
 ENV_OVERRIDES = {"TENANTS_FILE": "tenants_file", "PRICES_FILE": "prices_file", "LEDGER_URL": "ledger_url"}
 
 
-GPUName = Literal["H100_TP1", "L40S_TP2", "RTX4090_FP8_TP2"]  # deployments.engine_model.PROFILES
+class OverflowPolicy(str, Enum):
+    """What to do when prompt + max_tokens exceeds the cap but the prompt alone fits."""
+
+    CLAMP = "clamp"  # shrink max_tokens to what is left (default; the model card asks for 40 960)
+    STRICT = "strict"  # refuse with 400 context_length_exceeded
+
+
+GPUName = Literal["H100_TP1", "L40S_TP2", "RTX4090_FP8_TP2"]  # common.engine_model.PROFILES
 
 
 class StubEngine(BaseModel):
@@ -119,14 +125,6 @@ class PoolConfig(BaseModel):
         return {"autoscaling_config": {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
                                        "target_ongoing_requests": a.target_ongoing_requests}}
 
-    def limits(self) -> PoolLimits:
-        return PoolLimits(
-            name=self.name,
-            max_model_len=self.max_model_len,
-            max_prompt_tokens=self.max_prompt_tokens or self.max_model_len - 1,
-            spill_at_outstanding_tokens=self.spill_at_outstanding_tokens,
-        )
-
 
 class AppConfig(BaseModel):
     """`args:` of the router application in a serve config (see configs/local.yaml)."""
@@ -186,5 +184,3 @@ class AppConfig(BaseModel):
     def served_model_ids(self) -> list[str]:
         return [self.model_id, *self.model_aliases]
 
-    def pool_limits(self) -> list[PoolLimits]:
-        return [p.limits() for p in self.enabled_pools]

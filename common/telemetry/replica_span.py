@@ -13,9 +13,9 @@ import time
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from deployments.protocol import DELTA, END, ERROR, GenerateRequest
-from router.telemetry import attributes as A
-from router.telemetry.propagation import carrier_for, context_from
+from common.protocol import DELTA, END, ERROR, GenerateRequest
+from common.telemetry import attributes as A
+from common.telemetry.propagation import carrier_for, context_from
 
 OPERATIONS = {"chat": "chat", "completion": "text_completion"}
 

@@ -9,10 +9,10 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from deployments.stub_replica import StubReplica
-from router.config import AppConfig, PoolConfig
+from common.config import AppConfig, PoolConfig
 from router.ingress import RouterIngress
 from router.request_router import RoundRobinRouter, TokenLoadRouter
-from router.telemetry.otel_setup import check_tracing_env
+from common.telemetry.otel_setup import check_tracing_env
 from router.tenancy.directory import TenantDirectory, read_yaml
 from router.tenancy.pricing import PriceTable
 
