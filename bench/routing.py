@@ -11,7 +11,7 @@ is replayed open-loop, with Poisson arrivals, against four policies:
   pow2         the same deployment with Ray Serve's default power-of-two router
   length_only  our pools (short prompts to the L40S pool, long ones to the H100) without spill,
                Serve's power-of-two inside each pool
-  ours         our pools with spill and TokenLoadRouter (outstanding work in tokens)
+  router       the router's default: our pools with spill and TokenLoadRouter (outstanding work in tokens)
 Each request streams; its time to first token and time per output token (scaled back to GPU
 time) are judged against bench.fleet_sim.SLO. Goodput = requests meeting both per second.
 Then the simulator (bench/fleet_sim.py) runs the same comparison at one fleet size in virtual
@@ -35,7 +35,7 @@ import httpx
 
 from bench.fleet_sim import H100_USD_PER_GPU_HOUR, L40S_USD_PER_GPU_HOUR, SLO
 from bench.http_timing import Sample, percentile, timed_chat
-from bench.policies import POLICIES
+from bench.sim.policies import POLICIES
 from bench.report import figure, save, write_json
 from bench.workload import Job, describe, generate
 
@@ -65,11 +65,11 @@ def policy_pools(policy: str) -> list[dict]:
         # one deployment over mixed nodes; every replica serves the full context (naive setup)
         gpus = [L40S, L40S, H100]
         return [pool("fleet", gpus, 3, 40_960, "round_robin" if policy == "round_robin" else "power_of_two", 10**12)]
-    spill = policy == "ours"
+    spill = policy == "router"
     router = "token_load" if spill else "power_of_two"
     short_gpu, short_n = FLEET["short"]
     long_gpu, long_n = FLEET["long"]
-    # ours spills the L40S pool at ~150k outstanding tokens per replica (its KV holds 200k)
+    # the router spills the L40S pool at ~150k outstanding tokens per replica (its KV holds 200k)
     return [pool("short", short_gpu, short_n, 16_384, router, 300_000 if spill else 10**12, max_prompt_tokens=8_192),
             pool("long", long_gpu, long_n, 40_960, router, 10**12)]
 
@@ -198,7 +198,7 @@ def run_local(rate_rps: float, duration_s: float, seed: int, drain_s: float) -> 
 
 
 # The simulator's comparison load: on its reference fleet (2 H100 + 6 L40S pairs) the highest
-# load at which ours still meets the objectives for >= 90 % of requests (`python -m
+# load at which the router still meets the objectives for >= 90 % of requests (`python -m
 # bench.fleet_sim` sweeps loads 3.0-5.0; README, Performance, has the whole curve).
 SIM_LOAD_RPS = 4.5
 
@@ -253,8 +253,8 @@ def main() -> None:
     sim = run_simulator(args.quick)
     by_policy = {r["policy"]: r for r in local}
     sim_by_policy = {r["policy"]: r for r in sim["rows"]}
-    ratio = by_policy["ours"]["goodput_rps"] / max(by_policy["pow2"]["goodput_rps"], 1e-9)
-    sim_ratio = sim_by_policy["ours"]["goodput_rps"] / max(sim_by_policy["pow2"]["goodput_rps"], 1e-9)
+    ratio = by_policy["router"]["goodput_rps"] / max(by_policy["pow2"]["goodput_rps"], 1e-9)
+    sim_ratio = sim_by_policy["router"]["goodput_rps"] / max(sim_by_policy["pow2"]["goodput_rps"], 1e-9)
     write_json("routing", {"quick": args.quick, "time_scale": TIME_SCALE, "local_fleet": FLEET,
                            "local_rate_rps": args.rate, "local_duration_s": duration, "workload": workload,
                            "slo": SLO().__dict__, "local": local, "simulator": sim,

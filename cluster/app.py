@@ -10,7 +10,7 @@ from ray.serve.config import RequestRouterConfig
 
 from deployments.stub_replica import StubReplica
 from common.config import AppConfig, PoolConfig
-from router.ingress import RouterIngress
+from router.http.ingress import RouterIngress
 from router.request_router import RoundRobinRouter, TokenLoadRouter
 from common.telemetry.otel_setup import check_tracing_env
 from router.tenancy.directory import TenantDirectory, read_yaml

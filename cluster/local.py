@@ -29,7 +29,7 @@ DEMO_KEY = "sk-local-demo"
 # How HTTP reaches the ingress replicas. "proxy" (default): Serve's Python proxy actor.
 # "haproxy": Ray Serve 2.60's HAProxy mode (the bundled binary on the HTTP port, least-connections
 # over each ingress replica's own HTTP server): about twice the proxy's throughput on this 2-core
-# machine (bench/overhead.py), but two of our guarantees fail under it (README, Performance): a
+# machine (bench/overhead.py), but two of our guarantees fail under it (docs/performance.md, ingress modes): a
 # client's hang-up reaches the ingress late, so a cancelled stream is billed tokens the client
 # never saw, and killing one ingress replica cut every in-flight stream, the other replica's too.
 INGRESS_MODES = ("proxy", "haproxy")
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default: all)")
     run_p.add_argument("--health-timeout", type=float, default=180.0, help="seconds to wait for /health")
     run_p.add_argument("--ingress", choices=INGRESS_MODES, default="proxy",
-                       help="HTTP path to the ingress replicas (default: Serve's proxy; see README, Performance)")
+                       help="HTTP path to the ingress replicas (default: Serve's proxy; see docs/performance.md)")
     run_p.add_argument("--metrics-port", type=int, default=None,
                        help="port of this node's Prometheus metrics endpoint (default: Ray picks one)")
     args = parser.parse_args(argv)

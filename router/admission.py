@@ -9,7 +9,7 @@ the same pools, the same choice and no clamp. The replica (or engine) then count
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from router.context_cap import OverflowPolicy, apply_cap
 from router.routing.pools import PoolChoice, PoolLimits, choose_pool, largest_context, pools_that_hold
@@ -23,10 +23,24 @@ class Admission:
     max_tokens: int | None  # None: the replica fills in context_limit - prompt_tokens
     context_limit: int  # prompt + completion may not exceed this on the chosen pool
     clamped_from: int | None = None
+    pool_load: Mapping[str, int] = field(default_factory=dict)  # outstanding tokens per pool the choice saw
 
     @property
     def pool(self) -> str:
         return self.choice.pool.name
+
+    def worst_case_completion(self) -> int:
+        """What the quota reserves for the completion: max_tokens, or all the pool's context
+        leaves after the prompt (its exact count when counted, else its bound)."""
+        if self.max_tokens is not None:
+            return self.max_tokens
+        return self.context_limit - self.prompt_tokens_bound
+
+
+def needs_exact_count(max_tokens: int | None, tenant_bounds_tokens: bool) -> bool:
+    """A request that leaves max_tokens to the context may be clamped to what the tenant's token
+    or money limits allow: that needs the exact prompt, not its byte bound."""
+    return max_tokens is None and tenant_bounds_tokens
 
 
 def bound_decides(upper_bound: int | None, max_tokens: int | None, pools: Sequence[PoolLimits], cap: int) -> bool:
@@ -62,11 +76,12 @@ def admit(
     cap = effective_cap(pools, cap)
     if bound_decides(upper_bound, max_tokens, pools, cap):
         choice = choose_pool(upper_bound, max_tokens, pools, outstanding_tokens, cap)
-        return Admission(choice, None, upper_bound, max_tokens, choice.pool.context_limit(cap))
+        return Admission(choice, None, upper_bound, max_tokens, choice.pool.context_limit(cap),
+                         pool_load=dict(outstanding_tokens))
 
     exact = count_exact()
     budget = apply_cap(exact, max_tokens, cap, policy)
     choice = choose_pool(exact, budget.max_tokens, pools, outstanding_tokens, cap)
     limit = choice.pool.context_limit(cap)
     granted = budget.max_tokens if budget.max_tokens is not None else limit - exact
-    return Admission(choice, exact, exact, granted, limit, budget.clamped_from)
+    return Admission(choice, exact, exact, granted, limit, budget.clamped_from, pool_load=dict(outstanding_tokens))

@@ -1,9 +1,8 @@
-"""Errors in the OpenAI shape: {"error": {"message", "type", "param", "code"}}."""
+"""The errors a request can meet, as values in OpenAI's vocabulary: {"error": {"message", "type",
+"param", "code"}} with an HTTP status, or Anthropic's shape on its routes. No FastAPI: the HTTP
+edge (router/http/) renders them."""
 
 from __future__ import annotations
-
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from router.wire.anthropic.errors import anthropic_status
 from router.wire.anthropic.errors import error_body as anthropic_error_body
@@ -21,12 +20,8 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self, extra_headers: dict[str, str] | None = None, *, path: str = "") -> JSONResponse:
-        """In the shape of the route's API: Anthropic's under /v1/messages, OpenAI's elsewhere."""
-        status, body = self.shaped(path)
-        return JSONResponse(body, status_code=status, headers={**self.headers, **(extra_headers or {})})
-
     def shaped(self, path: str) -> tuple[int, dict]:
+        """In the shape of the route's API: Anthropic's under /v1/messages, OpenAI's elsewhere."""
         if is_anthropic_path(path):
             return anthropic_status(self.status), anthropic_error_body(self.status, self.message)
         return self.status, self.body()
@@ -79,53 +74,3 @@ def server_error(request_id: str) -> APIError:
 
 def unavailable(message: str) -> APIError:
     return APIError(503, message, type="server_error", code="service_unavailable")
-
-
-# ---- the OpenAPI document: which errors each route really returns ---------------------------
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
-
-
-_DESCRIPTIONS = {
-    400: "Invalid request: malformed JSON, a wrong or missing field, text that is not valid Unicode, a "
-         "non-text content part, or a prompt over the 40 960-token context (code context_length_exceeded).",
-    401: "Missing or wrong API key (code invalid_api_key).",
-    403: "The key may not do this: another tenant's usage, or no pool it may use.",
-    404: "Unknown model (code model_not_found).",
-    413: "Request body over max_body_bytes, refused before it is read (code request_too_large).",
-    429: "A rate limit (Retry-After, x-ratelimit-*) or a spent budget (code insufficient_quota).",
-    503: "A pool or the ledger cannot take the request now; retry.",
-}
-
-
-def documented(*statuses: int, model: type[BaseModel] = ErrorResponse) -> dict:
-    """`responses=` for a route decorator."""
-    return {s: {"model": model, "description": _DESCRIPTIONS[s]} for s in statuses}
-
-
-GENERATION_ERRORS = documented(400, 401, 403, 404, 413, 429, 503)
-
-
-class AnthropicErrorDetail(BaseModel):
-    type: str
-    message: str
-
-
-class AnthropicError(BaseModel):
-    type: str = "error"
-    error: AnthropicErrorDetail
-
-
-ANTHROPIC_ERRORS = {
-    **{s: {"model": AnthropicError, "description": _DESCRIPTIONS[s]} for s in (400, 401, 403, 404, 413, 429)},
-    529: {"model": AnthropicError, "description": "Overloaded: a pool or the ledger cannot take the request now "
-                                                  "(Anthropic's status for our 503); retry."},
-}

@@ -8,7 +8,7 @@ is saturated it queues at the preferred one. A pool that cannot hold the context
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from common.config import AppConfig, PoolConfig
@@ -56,6 +56,11 @@ class PoolChoice:
     reason: str  # one line for logs and trace spans
     candidates: tuple[str, ...]  # pools that could hold the request, preferred first
     kind: str = PREFERRED  # PREFERRED | SPILLED | ALL_SATURATED (a metric label)
+
+
+def allowed_pools(pools: Sequence[PoolLimits], may_use: Callable[[str], bool]) -> list[PoolLimits]:
+    """The tenant's pools among those served, in config order (may be empty: the edge says 403)."""
+    return [p for p in pools if may_use(p.name)]
 
 
 def largest_context(pools: Sequence[PoolLimits], cap: int) -> int:

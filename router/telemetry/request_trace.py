@@ -31,8 +31,7 @@ class RequestTrace:
         self.capture_content = capture_content
         self.context: Context = trace.set_span_in_context(span)
         self.trace_id = trace_id_hex(span)
-        self.meter = None  # the tenancy Meter, once the request holds a reservation
-        self.pool_load: Mapping[str, int] = {}  # outstanding tokens per pool when the pool was chosen
+        self.account = None  # the tenancy Account, once the request holds a reservation
         self._reasoning: list[str] = []
         self._content: list[str] = []
 
@@ -87,9 +86,9 @@ class RequestTrace:
     def finish(self, error: BaseException | None) -> None:
         r, span = self.record, self.span
         r.ended_s = time.monotonic()
-        if self.meter is not None and self.meter.status is not None:
-            r.outcome = self.meter.status
-            r.usage(*self.meter.billed, self.meter.cost)
+        if self.account is not None and self.account.status is not None:
+            r.outcome = self.account.status
+            r.usage(*self.account.billed, self.account.cost)
         if isinstance(error, asyncio.CancelledError):
             r.outcome = CANCELLED
         elif error is not None:
@@ -112,7 +111,7 @@ class RequestTrace:
         attributes = {A.TENANT: r.tenant, A.OUTCOME: r.outcome or "completed", A.HTTP_STATUS: r.status}
         if r.pool != "none":
             attributes[A.POOL] = r.pool
-        if self.meter is not None and self.meter.status is not None:
+        if self.account is not None and self.account.status is not None:
             attributes.update({A.INPUT_TOKENS: r.prompt_tokens, A.OUTPUT_TOKENS: r.completion_tokens,
                                A.REASONING_TOKENS: r.reasoning_tokens})
             if r.cost_usd is not None:

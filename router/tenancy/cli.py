@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 
 from router.tenancy.directory import TenantsFile, key_digest, read_yaml
+from router.tenancy.errors import TenancyError
 from router.tenancy.pricing import usd_text
 from router.tenancy.usage_report import parse_time
 
@@ -229,9 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"magistral-tenants: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a bad date, an unreachable ledger: one line, no traceback
-        from router.errors import APIError
-
-        message = exc.message if isinstance(exc, APIError) else f"{type(exc).__name__}: {exc}"
+        message = exc.message if isinstance(exc, TenancyError) else f"{type(exc).__name__}: {exc}"
         print(f"magistral-tenants: {message}", file=sys.stderr)
         return 2
 

@@ -2,9 +2,9 @@
 
 `TenancyGate` authenticates keys against the (reloading) tenants file, reserves each request's
 worst case in the QuotaStore before it reaches a replica, and settles it from what the replica
-reported. `Meter` follows one request's events so that whatever way it ends (finished,
-cancelled by the client, failed mid-stream) it is settled exactly once with the tokens that were
-delivered. Database work runs on a small thread pool, never on the event loop.
+reported: `settle(account, ending)` is the one way a request ends, by the billing rules of
+router/tenancy/settlement.py. Refusals are exceptions of router/tenancy/errors.py (the HTTP
+edge maps them). Database work runs on a small thread pool, never on the event loop.
 """
 
 from __future__ import annotations
@@ -17,72 +17,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from common.protocol import DELTA, END, START
-from router import errors
 from router.tenancy.directory import ReloadingFile, Tenant, TenantDirectory
-from router.tenancy.pricing import PriceTable, Prices, usd_text
-from router.tenancy.quota import OUT_OF_BUDGET, Ask, Grant, RateHeaders, Refusal
-from router.tenancy.store import CANCELLED, COMPLETED, FAILED, Outcome, QuotaStore, RequestInfo
+from router.tenancy.errors import LedgerUnavailable, QuotaRefused
+from router.tenancy.pricing import PriceTable
+from router.tenancy.quota import Ask, Grant, Refusal
+from router.tenancy.settlement import Account, Ending
+from router.tenancy.store import CANCELLED, Outcome, QuotaStore, RequestInfo
 
 logger = logging.getLogger("ray.serve")
 
 _SETTLE_ATTEMPTS = 5
 _SETTLE_BACKOFF_S = 0.2
-
-
-class Meter:
-    """One admitted request: its reservation, and the usage seen so far in its events."""
-
-    def __init__(self, info: RequestInfo, prices: Prices, grant: Grant, prompt_tokens: int):
-        self.info, self.prices, self.grant = info, prices, grant
-        self.prompt_tokens = prompt_tokens  # exact or bound until the replica reports
-        self.completion_tokens = self.reasoning_tokens = 0
-        self.identity: dict = {}
-        self.settling: asyncio.Future | None = None
-        self.cost: Decimal | None = None
-        self.status: str | None = None  # how it was settled (completed, cancelled, failed)
-        self.billed: tuple[int, int, int] = (0, 0, 0)  # prompt, completion, reasoning tokens
-
-    @property
-    def max_tokens(self) -> int:
-        return self.grant.max_tokens
-
-    @property
-    def rate_headers(self) -> dict[str, str]:
-        return self.grant.headers.as_headers()
-
-    def observe(self, event: dict) -> None:
-        kind = event["event"]
-        if kind == START:
-            self.identity = {k: event.get(k) for k in ("replica", "node_id", "accelerator")}
-            if event.get("prompt_tokens") is not None:
-                self.prompt_tokens = event["prompt_tokens"]
-        elif kind in (DELTA, END):
-            # Cumulative counts: a delta carries the tokens generated up to and including it.
-            if event.get("prompt_tokens") is not None:
-                self.prompt_tokens = event["prompt_tokens"]  # the engine's own count
-            if event.get("completion_tokens") is not None:
-                self.completion_tokens = event["completion_tokens"]
-                self.reasoning_tokens = event.get("reasoning_tokens") or 0
-
-    def usage_with(self, event: dict) -> dict:
-        """The usage billed once `event` (a delta) has been delivered too."""
-        completion = event.get("completion_tokens")
-        completion = self.completion_tokens if completion is None else completion
-        reasoning = event.get("reasoning_tokens") if event.get("completion_tokens") is not None else self.reasoning_tokens
-        prompt = event.get("prompt_tokens") or self.prompt_tokens
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                "completion_tokens_details": {"reasoning_tokens": reasoning or 0}}
-
-    def outcome(self, status: str, error: str | None = None, *, generated: bool = True) -> Outcome:
-        """generated=False: the request never reached an engine that took it; nothing to bill."""
-        prompt, completion, reasoning = (self.prompt_tokens, self.completion_tokens, self.reasoning_tokens) \
-            if generated else (0, 0, 0)
-        self.cost = self.prices.cost(prompt, completion, reasoning)
-        self.status, self.billed = status, (prompt, completion, reasoning)
-        return Outcome(status, prompt, completion, reasoning, self.cost, error=error and error[:512],
-                       replica=self.identity.get("replica"), node_id=self.identity.get("node_id"),
-                       accelerator=self.identity.get("accelerator"))
 
 
 @dataclass(frozen=True)
@@ -133,8 +78,8 @@ class TenancyGate:
 
     # ---- reservation ----------------------------------------------------------------------
     async def reserve(self, tenant: Tenant, info: RequestInfo, *, prompt_tokens: int, max_tokens: int,
-                      clampable: bool) -> Meter:
-        """Reserve the worst case, or raise the 429 (or 503 when the store is down)."""
+                      clampable: bool) -> Account:
+        """Reserve the worst case, or raise QuotaRefused (LedgerUnavailable when the store is down)."""
         self._ensure_keeper()
         prices = self.prices.get().prices(tenant.tier, info.pool)
         ask = Ask(prompt_tokens, max_tokens, clampable, prices.input / 1_000_000, prices.completion_max / 1_000_000)
@@ -146,11 +91,11 @@ class TenancyGate:
             raise
         except Exception as exc:  # noqa: BLE001 - no store, no admission: fail closed
             logger.error("quota store unavailable, refusing request %s: %s", info.request_id, type(exc).__name__)
-            raise errors.unavailable("Quota service unavailable; retry shortly.") from exc
+            raise LedgerUnavailable("Quota service unavailable; retry shortly.") from exc
         if isinstance(decision, Refusal):
-            raise refusal_error(decision)
+            raise QuotaRefused(decision)
         self._live.add(info.request_id)
-        return Meter(info, prices, decision, prompt_tokens)
+        return Account(info, prices, decision, prompt_tokens)
 
     def _undo(self, info: RequestInfo, done: asyncio.Future) -> None:
         if not done.cancelled() and done.exception() is None and isinstance(done.result(), Grant):
@@ -158,20 +103,20 @@ class TenancyGate:
             self._start_settling(info, Outcome(CANCELLED, error="client left before dispatch"))
 
     # ---- settlement -----------------------------------------------------------------------
-    async def settle(self, meter: Meter, status: str = COMPLETED, error: str | None = None,
-                     *, generated: bool = True) -> Decimal | None:
-        """Settle once and wait until the ledger row is committed; returns the cost (None if the
-        store is unavailable: the settlement is then retried in the background, and the
-        reservation kept alive, until it is written)."""
-        self.settle_soon(meter, status, error, generated=generated)
-        ok = await asyncio.shield(meter.settling)
-        return meter.cost if ok else None
+    def settle(self, account: Account, ending: Ending, error: str | None = None, *,
+               client_left: bool = False) -> "asyncio.Future[Decimal | None]":
+        """The one way a request is settled: close its account by the billing rules and write its
+        ledger row, retried until written. Returns a future of the cost (None if the store is
+        unavailable: the row is then retried in the background and the reservation kept alive);
+        awaiting it is optional (a client that left waits for nothing). Cancelling the waiter
+        does not cancel the write. A second call only returns the first one's future."""
+        outcome = account.close(ending, error, client_left=client_left)
+        if outcome is not None:
+            account.settling = asyncio.ensure_future(self._written(account, outcome))
+        return asyncio.shield(account.settling)
 
-    def settle_soon(self, meter: Meter, status: str = CANCELLED, error: str | None = None,
-                    *, generated: bool = True) -> None:
-        """Settle without waiting (the client is gone); does nothing if already settling."""
-        if meter.settling is None:
-            meter.settling = self._start_settling(meter.info, meter.outcome(status, error, generated=generated))
+    async def _written(self, account: Account, outcome: Outcome) -> Decimal | None:
+        return account.cost if await self._settle_with_retries(account.info, outcome) else None
 
     def _start_settling(self, info: RequestInfo, outcome: Outcome) -> asyncio.Future:
         return asyncio.ensure_future(self._settle_with_retries(info, outcome))
@@ -205,7 +150,7 @@ class TenancyGate:
             rows = await loop.run_in_executor(self._reads, self.store.rows, tenant, start, end, pool, limit + 1)
         except Exception as exc:  # noqa: BLE001 - the ledger is down: say so, not a 500
             logger.error("usage query failed: %s", type(exc).__name__)
-            raise errors.unavailable("The usage ledger is unavailable; retry shortly.") from exc
+            raise LedgerUnavailable("The usage ledger is unavailable; retry shortly.") from exc
         return totals, rows
 
     # ---- keeping reservations alive -------------------------------------------------------
@@ -231,19 +176,4 @@ class TenancyGate:
                 logger.warning("renewing reservations failed: %s", type(exc).__name__)
 
 
-def refusal_error(refusal: Refusal) -> errors.APIError:
-    """OpenAI's 429s: `rate_limit_exceeded` (type requests/tokens) or `insufficient_quota`."""
-    headers = {"retry-after": str(refusal.retry_after_s), **refusal.headers.as_headers()}
-    if refusal.code == OUT_OF_BUDGET:
-        return errors.APIError(429, refusal.message, type="insufficient_quota", code=OUT_OF_BUDGET, headers=headers,
-                               limit=refusal.limit)
-    kind = "tokens" if refusal.limit == "tokens_per_minute" else "requests"
-    return errors.APIError(429, refusal.message, type=kind, code=refusal.code, headers=headers, limit=refusal.limit)
-
-
-def cost_header(cost: Decimal | None) -> dict[str, str]:
-    return {} if cost is None else {"x-cost-usd": usd_text(cost)}
-
-
-__all__ = ["CANCELLED", "COMPLETED", "FAILED", "Meter", "RateHeaders", "TenancyGate", "TenancySettings",
-           "cost_header", "refusal_error"]
+__all__ = ["Account", "Ending", "TenancyGate", "TenancySettings"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from router import errors
+from router.tenancy.errors import UsageQueryRefused
 from router.tenancy.directory import Tenant
 
 MAX_ROWS = 1000
@@ -25,15 +25,14 @@ class UsageQuery:
     def parse(cls, params: Mapping[str, str], caller: Tenant) -> "UsageQuery":
         wanted = params.get("tenant")
         if wanted is not None and wanted != caller.name and not caller.admin:
-            raise errors.APIError(403, "Only admin keys may read another tenant's usage.", type="permission_denied",
-                                  param="tenant", code="forbidden")
+            raise UsageQueryRefused("Only admin keys may read another tenant's usage.", "tenant", forbidden=True)
         tenant = wanted if wanted is not None else (None if caller.admin else caller.name)
         limit = _int(params.get("limit", "100"), "limit")
         if not 0 <= limit <= MAX_ROWS:
-            raise errors.APIError(400, f"'limit' must be between 0 and {MAX_ROWS}.", param="limit", code="invalid_value")
+            raise UsageQueryRefused(f"'limit' must be between 0 and {MAX_ROWS}.", "limit")
         start, end = parse_time(params.get("from"), "from"), parse_time(params.get("to"), "to")
         if start and end and end <= start:
-            raise errors.APIError(400, "'to' must be later than 'from'.", param="to", code="invalid_value")
+            raise UsageQueryRefused("'to' must be later than 'from'.", "to")
         return cls(tenant, start, end, params.get("pool") or None, limit)
 
 
@@ -41,7 +40,7 @@ def _int(text: str, name: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise errors.APIError(400, f"'{name}' must be an integer.", param=name, code="invalid_value") from None
+        raise UsageQueryRefused(f"'{name}' must be an integer.", name) from None
 
 
 def parse_time(text: str | None, name: str) -> datetime | None:
@@ -56,8 +55,7 @@ def parse_time(text: str | None, name: str) -> datetime | None:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
     except (ValueError, OverflowError):  # not a date, or one that leaves the calendar in UTC
-        raise errors.APIError(400, f"'{name}' must be an ISO 8601 date or time, or Unix seconds.", param=name,
-                              code="invalid_value") from None
+        raise UsageQueryRefused(f"'{name}' must be an ISO 8601 date or time, or Unix seconds.", name) from None
 
 
 def _json(value):

@@ -1,5 +1,5 @@
 """How a generation route answers, whole or streamed: one small adapter per wire format over the
-same replica events, so the ingress runs one pipeline (settle, bill, trace) for both APIs."""
+same replica events, so the pipeline runs once (settle, bill, trace) for both APIs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from router import errors
-from router.openai_format import Collected, ResponseWriter, sse
+from router.wire.openai.writer import Collected, ResponseWriter, sse
 from router.wire.anthropic import MessageWriter, StreamWriter
 
 

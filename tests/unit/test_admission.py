@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from router.admission import admit, bound_decides
+from router.admission import admit, bound_decides, needs_exact_count
 from router.context_cap import ContextLengthExceeded, OverflowPolicy
 from router.routing.pools import PoolLimits
 from common.tokens import chat_upper_bound
@@ -95,3 +95,23 @@ def test_twenty_thousand_token_prompt_goes_long(counter):
     messages = user_prompt_with_tokens(counter, 20_000)
     adm = run(chat_upper_bound(messages), lambda: counter.count_chat(messages))
     assert (adm.pool, adm.prompt_tokens) == ("long", 20_000)
+
+
+def test_the_worst_case_reserved_is_max_tokens_or_what_the_pool_leaves():
+    assert run(500, never_count, max_tokens=100).worst_case_completion() == 100
+    left = run(500, never_count)  # max_tokens left out: the pool's context after the prompt bound
+    assert left.worst_case_completion() == 16_384 - 500
+    counted = run(None, lambda: 9_000)  # too long for short: the long pool's context after the exact count
+    assert counted.worst_case_completion() == 40_960 - 9_000
+
+
+def test_an_exact_count_is_forced_only_when_a_token_limit_may_clamp_max_tokens():
+    assert needs_exact_count(None, tenant_bounds_tokens=True)
+    assert not needs_exact_count(100, tenant_bounds_tokens=True)  # the client fixed max_tokens
+    assert not needs_exact_count(None, tenant_bounds_tokens=False)  # nothing to clamp to
+
+
+def test_the_admission_records_the_pool_load_its_choice_saw():
+    adm = admit(upper_bound=500, count_exact=never_count, max_tokens=100, pools=POOLS,
+                outstanding_tokens={"short": 7}, cap=CAP, policy=OverflowPolicy.CLAMP)
+    assert adm.pool_load == {"short": 7}

@@ -13,9 +13,9 @@ from anthropic.types.shared import ErrorResponse
 from pydantic import TypeAdapter, ValidationError
 
 from common.protocol import delta_event, end_event
-from router.api_models import ChatCompletionRequest
+from router.wire.openai.models import ChatCompletionRequest
 from router.magistral_defaults import with_system_prompt
-from router.openai_format import Collected
+from router.wire.openai.writer import Collected
 from router.wire.anthropic import (
     CountTokensRequest,
     MessagesRequest,

@@ -35,11 +35,11 @@ def test_judge_scales_times_back_to_the_gpu_and_applies_both_objectives():
         (jobs[2], Sample(200, 0, 3.0, 2.0 / TIME_SCALE * 2, completion_tokens=101)),  # TTFT 4 s > 1.1 s
         (jobs[3], None),  # never finished
     ]
-    row = judge("ours", outcomes, duration_s=100.0, slo=slo)
+    row = judge("router", outcomes, duration_s=100.0, slo=slo)
     assert row["measured"] == 4 and row["good"] == 1 and row["unfinished"] == 1
     assert row["goodput_rps"] == pytest.approx(1 / 90)
     assert row["ttft_p50_s"] == pytest.approx(0.5) and row["ttft_p99_s"] == float("inf")
-    early = judge("ours", [(Job("w", 1.0, 10, 2, None, 0), None)], duration_s=100.0, slo=slo)
+    early = judge("router", [(Job("w", 1.0, 10, 2, None, 0), None)], duration_s=100.0, slo=slo)
     assert early["measured"] == 0  # arrived during the warm-up: not judged
 
 

@@ -5,6 +5,7 @@ interpreter for what must import without FastAPI.
 """
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -52,3 +53,13 @@ def test_the_check_sees_a_forbidden_import(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert violations("router") == ["router/bad.py:2 imports deployments"]
 
+
+
+def test_tenancy_imports_without_fastapi():
+    """The tenants CLI (and all of router.tenancy) must run where FastAPI is not wanted."""
+    code = ("import sys, router.tenancy.cli, router.tenancy.gate, router.tenancy.settlement, "
+            "router.tenancy.usage_report; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette', 'ray')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

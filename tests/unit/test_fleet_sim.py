@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from bench.fleet_sim import SLO, build_fleet, mixed_fleet, simulate
-from bench.policies import (
+from bench.sim.policies import (
     FLEET_QUEUE,
     REJECTED,
     LengthOnly,
-    Ours,
     PowerOfTwo,
     RoundRobin,
+    RouterPolicy,
 )
 from bench.workload import CONTEXT_CAP, DEFAULT_MIX, Job, describe, generate
 from common.engine_model import PROFILES
@@ -116,9 +116,9 @@ def test_length_only_goes_by_prompt_length_and_never_spills():
     assert policy.choose(job(2, 500), fleet) is None  # waits for the short pool
 
 
-def test_ours_spills_when_the_short_pool_is_saturated():
+def test_router_spills_when_the_short_pool_is_saturated():
     fleet = build_fleet(mixed_fleet(1, 2))
-    policy = Ours()
+    policy = RouterPolicy()
     threshold = fleet.limits["short"].spill_at_outstanding_tokens
     booked, routed = 0, []
     while booked < threshold:
@@ -135,9 +135,9 @@ def test_ours_spills_when_the_short_pool_is_saturated():
     assert policy.queue(job(i + 3, 9000), fleet) == "long"  # over the short pool's prompt limit
 
 
-def test_ours_picks_the_replica_with_least_outstanding_tokens():
+def test_router_picks_the_replica_with_least_outstanding_tokens():
     fleet = build_fleet(mixed_fleet(0, 3))
-    policy = Ours()
+    policy = RouterPolicy()
     first = route(policy, fleet, job(1, 6000))
     second = route(policy, fleet, job(2, 500))
     third = route(policy, fleet, job(3, 500))
@@ -151,11 +151,11 @@ def test_ours_picks_the_replica_with_least_outstanding_tokens():
     assert route(policy, fleet, job(7, 500)) is first  # now empty
 
 
-def test_ours_choice_is_the_first_of_router_ranked_as_replicas_fill_and_drain():
+def test_router_choice_is_the_first_of_router_ranked_as_replicas_fill_and_drain():
     fleet = build_fleet(mixed_fleet(0, 6))
     for replica in fleet.replicas:
         replica.max_ongoing = 4  # small, so replicas go full and come back
-    policy, rng = Ours(), random.Random(5)
+    policy, rng = RouterPolicy(), random.Random(5)
     booked = {r.replica_id: [0, 0] for r in fleet.replicas}  # the test's own ledger: tokens, requests
     routed: list[tuple[Job, object]] = []
 
@@ -187,7 +187,7 @@ def test_ours_choice_is_the_first_of_router_ranked_as_replicas_fill_and_drain():
 
 def test_pool_aware_policies_reject_what_no_pool_holds():
     fleet = build_fleet(mixed_fleet(0, 2))
-    assert Ours().queue(job(1, 20_000), fleet) == REJECTED
+    assert RouterPolicy().queue(job(1, 20_000), fleet) == REJECTED
     assert PowerOfTwo().queue(job(1, 20_000), fleet) == FLEET_QUEUE
 
 
@@ -199,7 +199,7 @@ def small_run():
     jobs = generate(1.5, 60.0, seed=4)
     records: list[dict] = []
     started = time.perf_counter()
-    result = simulate(mixed_fleet(1, 2), jobs, "ours", duration_s=60.0, drain_s=2000.0, records=records)
+    result = simulate(mixed_fleet(1, 2), jobs, "router", duration_s=60.0, drain_s=2000.0, records=records)
     return jobs, records, result, time.perf_counter() - started
 
 
@@ -232,13 +232,13 @@ def test_slo_allows_prefill_time_for_long_prompts():
     assert SLO().ttft_limit_s(0) == 1.0 and SLO().ttft_limit_s(20_000) == pytest.approx(3.0)
 
 
-def test_ours_beats_pow2_on_a_loaded_heterogeneous_fleet():
+def test_router_beats_pow2_on_a_loaded_heterogeneous_fleet():
     # 1 H100 + 2 L40S-TP2 at 2 req/s: near capacity, pow2 still serves most requests. (Over seeds
-    # 0-3 ours leads by 3 to 21 points of goodput; seed 0 is one of the wider gaps.)
+    # 0-3 the router leads by 3 to 21 points of goodput; seed 0 is one of the wider gaps.)
     jobs = generate(2.0, 90.0, seed=0)
     fleet = mixed_fleet(1, 2)
-    ours = simulate(fleet, jobs, "ours", duration_s=90.0)
+    router = simulate(fleet, jobs, "router", duration_s=90.0)
     pow2 = simulate(fleet, jobs, "pow2", duration_s=90.0)
     assert 0.5 < pow2.goodput_fraction < 0.9  # loaded, not hopeless
-    assert ours.goodput_fraction >= 0.95
-    assert ours.goodput_rps > 1.15 * pow2.goodput_rps
+    assert router.goodput_fraction >= 0.95
+    assert router.goodput_rps > 1.15 * pow2.goodput_rps

@@ -7,8 +7,8 @@ import pytest
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
 
-from router.api_models import ChatCompletionRequest, CompletionRequest
-from router.body_limit import BodyLimitMiddleware
+from router.wire.openai.models import ChatCompletionRequest, CompletionRequest
+from router.http.body_limit import BodyLimitMiddleware
 from router.errors import validation_error
 from router.unicode_text import lone_surrogate_path
 
@@ -114,7 +114,7 @@ async def test_no_limit_configured_means_no_check():
 
 
 def test_openapi_lists_the_errors_each_route_returns():
-    from router.ingress import app as ingress_app
+    from router.http.ingress import app as ingress_app
 
     paths = ingress_app.openapi()["paths"]
     chat = paths["/v1/chat/completions"]["post"]["responses"]

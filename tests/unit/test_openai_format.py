@@ -1,5 +1,5 @@
 from common.protocol import delta_event, end_event
-from router.openai_format import Collected, ResponseWriter
+from router.wire.openai.writer import Collected, ResponseWriter
 
 END = end_event(finish_reason="tool_calls", prompt_tokens=10, completion_tokens=7, reasoning_tokens=3)
 

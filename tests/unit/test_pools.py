@@ -1,7 +1,7 @@
 import pytest
 
 from router.context_cap import ContextLengthExceeded
-from router.routing.pools import ALL_SATURATED, PREFERRED, SPILLED, PoolLimits, choose_pool
+from router.routing.pools import ALL_SATURATED, PREFERRED, SPILLED, PoolLimits, allowed_pools, choose_pool
 
 CAP = 40_960
 SHORT = PoolLimits("short", max_model_len=16_384, max_prompt_tokens=8_192, spill_at_outstanding_tokens=1_000)
@@ -57,3 +57,9 @@ def test_no_pool_holds_the_request():
 
 def test_candidates_are_listed_cheapest_first():
     assert choose_pool(100, None, POOLS, {}, CAP).candidates == ("short", "long")
+
+
+def test_a_tenant_sees_only_its_pools_in_config_order():
+    assert allowed_pools(POOLS, lambda name: True) == [SHORT, LONG]
+    assert allowed_pools(POOLS, lambda name: name == "long") == [LONG]
+    assert allowed_pools(POOLS, lambda name: False) == []

@@ -340,11 +340,11 @@ def test_finish_cancelled_is_499_and_an_error_span(tracer, exporter):
     assert metrics.of("requests")[0].tags["status"] == "499"
 
 
-def test_finish_takes_the_usage_from_a_settled_meter(tracer, exporter):
+def test_finish_takes_the_usage_from_a_settled_account(tracer, exporter):
     metrics = Points()
     rt = start_request_trace(tracer, metrics, None, "POST", capture_content=False)
     rt.record.http_status, rt.record.pool = 200, "short"
-    rt.meter = types.SimpleNamespace(status="completed", billed=(12, 30, 7), cost=Decimal("0.0042"))
+    rt.account = types.SimpleNamespace(status="completed", billed=(12, 30, 7), cost=Decimal("0.0042"))
     rt.finish(None)
     attrs = only(exporter).attributes
     assert (attrs[A.INPUT_TOKENS], attrs[A.OUTPUT_TOKENS], attrs[A.REASONING_TOKENS]) == (12, 30, 7)
@@ -353,10 +353,10 @@ def test_finish_takes_the_usage_from_a_settled_meter(tracer, exporter):
     assert metrics.of("cost")[0].value == pytest.approx(0.0042)
 
 
-def test_finish_with_an_unsettled_meter_adds_no_usage(tracer, exporter):
+def test_finish_with_an_unsettled_account_adds_no_usage(tracer, exporter):
     rt = start_request_trace(tracer, Points(), None, "POST", capture_content=False)
     rt.record.http_status = 200
-    rt.meter = types.SimpleNamespace(status=None, billed=(0, 0, 0), cost=None)
+    rt.account = types.SimpleNamespace(status=None, billed=(0, 0, 0), cost=None)
     rt.finish(None)
     assert A.INPUT_TOKENS not in only(exporter).attributes
 

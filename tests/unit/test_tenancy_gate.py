@@ -1,4 +1,4 @@
-"""The ingress side of tenancy (TenancyGate, Meter) on a real SQLite ledger: no Ray."""
+"""The ingress side of tenancy (TenancyGate, Account) on a real SQLite ledger: no Ray."""
 
 import asyncio
 import os
@@ -8,9 +8,11 @@ import pytest
 import yaml
 
 from common.protocol import delta_event, end_event, start_event
-from router import errors
+from router.http.errors import from_tenancy
 from router.tenancy import gate as gate_module
+from router.tenancy.errors import UsageQueryRefused
 from router.tenancy.gate import TenancyGate, TenancySettings
+from router.tenancy.settlement import Account, Ending
 from router.tenancy.store import CANCELLED, RequestInfo
 from router.tenancy.usage_report import parse_time
 
@@ -67,7 +69,7 @@ async def test_a_settlement_the_ledger_refuses_is_retried_and_its_reservation_ke
         return real_settle(*args)
 
     monkeypatch.setattr(gate.store, "settle", flaky)
-    assert await gate.settle(meter) is None  # every attempt failed: no cost to report yet
+    assert await gate.settle(meter, Ending.COMPLETED) is None  # every attempt failed: no cost to report yet
     assert "r1" in gate._live and "r1" in gate._unsettled  # kept alive, queued for retry
     assert gate.store.in_flight("acme") == 1
     await gate._settle_once(*gate._unsettled["r1"], attempt=5)  # what the keeper's next round does
@@ -76,17 +78,17 @@ async def test_a_settlement_the_ledger_refuses_is_retried_and_its_reservation_ke
     assert (row["completion_tokens"], row["cost_usd"]) == (3, Decimal("0.0000095"))
 
 
-def test_meter_takes_the_engines_prompt_count_from_deltas(make_gate):
+def test_account_takes_the_engines_prompt_count_from_deltas(make_gate):
     gate = make_gate()
     from router.tenancy.quota import Grant, RateHeaders
-    meter = gate_module.Meter(info("r1"), gate.prices.get().prices(None, "short"),
+    meter = Account(info("r1"), gate.prices.get().prices(None, "short"),
                               Grant(100, 140, Decimal(0), None, RateHeaders()), prompt_tokens=40)  # a byte bound
     meter.observe(start_event(replica="x", node_id="n", pool="short", accelerator="a", prompt_tokens=None,
                               max_tokens=None))
     delta = delta_event(content="hi", completion_tokens=2, reasoning_tokens=1, prompt_tokens=17)
     assert meter.usage_with(delta)["prompt_tokens"] == 17  # what the client is told it is billed
     meter.observe(delta)
-    outcome = meter.outcome(CANCELLED)
+    outcome = meter.close(Ending.CANCELLED)
     assert (outcome.prompt_tokens, outcome.completion_tokens, outcome.reasoning_tokens) == (17, 2, 1)
 
 
@@ -112,9 +114,9 @@ def test_a_reloaded_tenants_file_naming_an_unknown_tier_is_not_used(make_gate, t
 
 @pytest.mark.parametrize("text", ["9999-12-31T23:00:00-02:00", "0001-01-01T00:30:00+01:00", "tomorrow", "1e400"])
 def test_usage_times_out_of_range_are_400s(text):
-    with pytest.raises(errors.APIError) as exc:
+    with pytest.raises(UsageQueryRefused) as exc:
         parse_time(text, "from")
-    assert exc.value.status == 400
+    assert from_tenancy(exc.value).status == 400
 
 
 def test_usage_times_are_utc():

@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from router.api_models import MAX_INT32
+from router.wire.openai.models import MAX_INT32
 from router.unicode_text import check_unicode
 
 MODEL_NAME = "Magistral Small 2506"

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 
 from common.protocol import DELTA
-from router.openai_format import Collected
+from router.wire.openai.writer import Collected
 from router.wire.anthropic.errors import error_body
 from router.wire.anthropic.translate import mistral_call_id
 

@@ -86,7 +86,7 @@ locals {
     ])
   }
 
-  # What the pool's engine in the serve config (router/config.py VLLMEngine) asks for.
+  # What the pool's engine in the serve config (common/config.py VLLMEngine) asks for.
   serve_hints = {
     for name, p in local.pools : name => {
       accelerator_type     = local.accelerators[p.accelerator].ray_accelerator_type

@@ -8,23 +8,25 @@ policy obeys each replica's max_ongoing_requests; only the pool-aware ones obey 
 - round_robin: every replica in turn, blind to pools and lengths.
 - pow2: Ray Serve's default PowerOfTwoChoicesRequestRouter over the whole fleet.
 - length_only: our pool choice by prompt length without spill, then pow2 inside the pool.
-- ours: router.routing.pools.choose_pool with real outstanding tokens (spill), then the least loaded
-  replica of that pool in router.routing.load_book's order (score, then id), with work booked as the
-  router books it (common.protocol.work_tokens, added when routed, removed when finished).
+- router: the router's own rule, run through its own code. The pool: router.routing.pools.choose_pool
+  over the outstanding tokens of a router.routing.load_book.LoadBook per pool, booked on arrival and
+  released on finish as the ingress books `common.protocol.work_tokens`. The replica: the least
+  loaded of that pool by router.routing.load_book's score, each replica's load read from a second
+  LoadBook, booked when routed and released on finish as TokenLoadRouter does.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bench.workload import CONTEXT_CAP, Job
 from common.protocol import work_tokens
-from router.routing.load_book import ReplicaLoad, score
 from router.context_cap import ContextLengthExceeded
+from router.routing.load_book import LoadBook, score
 from router.routing.pools import PoolLimits, choose_pool
 
 FLEET_QUEUE = "fleet"  # the one router FIFO of the fleet-wide baselines
@@ -181,25 +183,35 @@ class _PoolAware:
 
     respects_pool_limits = True
 
-    def __init__(self) -> None:
-        self._pool_of: dict[str, str] = {}
-
-    def _outstanding(self) -> dict[str, int]:
+    def _outstanding(self) -> Mapping[str, int]:
+        """Outstanding tokens per pool, as choose_pool reads them to spill (none: never spill)."""
         return {}
 
-    def queue(self, job: Job, fleet: Fleet) -> str:
-        # Clients leave max_tokens out (None): the pool is chosen by prompt, and the engine may
-        # generate up to that pool's context limit.
+    def _choose_pool(self, job: Job, fleet: Fleet) -> str | None:
+        """The request's pool, or None if no pool holds it. Clients leave max_tokens out (None): the
+        pool is chosen by prompt, and the engine may generate up to that pool's context limit."""
         try:
-            pool = choose_pool(job.prompt_tokens, None, fleet.pools, self._outstanding(), fleet.cap).pool.name
+            return choose_pool(job.prompt_tokens, None, fleet.pools, self._outstanding(), fleet.cap).pool.name
         except ContextLengthExceeded:
+            return None
+
+
+class LengthOnly(_PoolAware):
+    name = "length_only"
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+        self._pool_of: dict[str, str] = {}
+
+    def queue(self, job: Job, fleet: Fleet) -> str:
+        pool = self._choose_pool(job, fleet)
+        if pool is None:
             return REJECTED
         self._pool_of[job.job_id] = pool
-        self._book_on_pool(job, pool, fleet)
         return pool
 
-    def _book_on_pool(self, job: Job, pool: str, fleet: Fleet) -> None:
-        pass
+    def choose(self, job: Job, fleet: Fleet) -> Replica | None:
+        return _pow2(fleet.with_room(self._pool_of[job.job_id]), self._rng)
 
     def on_route(self, job: Job, replica: Replica) -> None:
         pass
@@ -208,51 +220,34 @@ class _PoolAware:
         self._pool_of.pop(job.job_id, None)
 
 
-class LengthOnly(_PoolAware):
-    name = "length_only"
-
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        self._rng = random.Random(seed)
-
-    def choose(self, job: Job, fleet: Fleet) -> Replica | None:
-        return _pow2(fleet.with_room(self._pool_of[job.job_id]), self._rng)
-
-
-@dataclass
-class _Booked:
-    tokens: int = 0
-    requests: int = 0
-
-
 class LeastLoaded:
-    """One pool's replicas in router.routing.load_book order, least loaded first, for O(log n) choices.
+    """An index over a LoadBook: one pool's replicas least loaded first, for O(log n) choices.
 
     ranked() sorts the whole pool on every request, which dominates the simulation with hundreds
-    of replicas. This heap orders replicas by the same key, (score(load), replica_id), so its
-    first replica with room is ranked(loads)[0] over the replicas with room (a unit test checks
-    that). Entries go stale when a replica's load changes and are dropped when they surface.
+    of replicas. This heap orders replicas by the same key, (score(book.load(replica_id)),
+    replica_id), so its first replica with room is ranked(loads)[0] over the replicas with room,
+    that is booking_target(...) (a unit test checks that). It holds no load of its own: call
+    `refresh` after booking or releasing on a replica, and it re-reads that replica's load from the
+    book. Entries go stale when a replica is refreshed and are dropped when they surface.
     """
 
-    def __init__(self, replicas: Sequence[Replica]) -> None:
+    def __init__(self, book: LoadBook, replicas: Sequence[Replica]) -> None:
+        self._book = book
         self._heap: list[tuple[tuple, int, Replica]] = []
         self._current: dict[str, int] = {}  # replica_id -> sequence number of its live entry
-        self._loads: dict[str, ReplicaLoad] = {}
         self._seq = 0
         for replica in replicas:
-            self.update(replica, ReplicaLoad(replica.replica_id))
+            self.refresh(replica)
 
-    def update(self, replica: Replica, load: ReplicaLoad) -> None:
+    def refresh(self, replica: Replica) -> None:
+        """Re-key `replica` by its load in the book."""
         self._seq += 1
         self._current[replica.replica_id] = self._seq
-        self._loads[replica.replica_id] = load
-        heapq.heappush(self._heap, ((score(load), load.replica_id), self._seq, replica))
+        key = (score(self._book.load(replica.replica_id)), replica.replica_id)
+        heapq.heappush(self._heap, (key, self._seq, replica))
         if len(self._heap) > 4 * len(self._current) + 64:  # too many stale entries: rebuild
             self._heap = [e for e in self._heap if self._current[e[2].replica_id] == e[1]]
             heapq.heapify(self._heap)
-
-    def load(self, replica_id: str) -> ReplicaLoad:
-        return self._loads[replica_id]
 
     def first_with_room(self) -> Replica | None:
         heap, full, chosen = self._heap, [], None
@@ -270,55 +265,62 @@ class LeastLoaded:
         return chosen
 
 
-class Ours(_PoolAware):
-    """Spill by pool outstanding tokens; least outstanding tokens inside the pool."""
+class RouterPolicy(_PoolAware):
+    """The router's default policy: spill by pool outstanding tokens (the ingress), then the least
+    outstanding tokens inside the pool (TokenLoadRouter), both kept in router.routing.load_book's
+    LoadBook. The simulator has no stats reports, so a replica's load is what this router booked."""
 
-    name = "ours"
+    name = "router"
 
     def __init__(self) -> None:
-        super().__init__()
-        self._pool_tokens: dict[str, int] = {}
-        self._ranking: dict[str, LeastLoaded] = {}  # per pool
-        self._work: dict[str, int] = {}
+        self.pool_book = LoadBook()  # the ingress's: work sent to each pool and not yet finished
+        self.replica_book = LoadBook()  # TokenLoadRouter's: work routed to each replica, not finished
+        self._index: dict[str, LeastLoaded] = {}  # per pool, over replica_book
+        self._work: dict[str, int] = {}  # the request's work_tokens, as the request carries them
 
-    def _outstanding(self) -> dict[str, int]:
-        return self._pool_tokens
+    def _outstanding(self) -> Mapping[str, int]:
+        return self.pool_book.snapshot_tokens()  # what the ingress passes choose_pool
 
-    def _book_on_pool(self, job: Job, pool: str, fleet: Fleet) -> None:
+    def queue(self, job: Job, fleet: Fleet) -> str:
+        pool = self._choose_pool(job, fleet)
+        if pool is None:
+            return REJECTED
         # As the ingress: the granted max_tokens is what the pool leaves after the prompt, and
         # the work is booked on the pool when the request is dispatched to it.
         granted = fleet.limits[pool].context_limit(fleet.cap) - job.prompt_tokens
         work = work_tokens(job.prompt_tokens, granted)
         self._work[job.job_id] = work
-        self._pool_tokens[pool] = self._pool_tokens.get(pool, 0) + work
-        if pool not in self._ranking:
-            self._ranking[pool] = LeastLoaded(fleet.by_pool[pool])
+        self.pool_book.book(pool, job.job_id, work)
+        if pool not in self._index:
+            self._index[pool] = LeastLoaded(self.replica_book, fleet.by_pool[pool])
+        return pool
 
     def choose(self, job: Job, fleet: Fleet) -> Replica | None:
-        return self._ranking[self._pool_of[job.job_id]].first_with_room()
-
-    def _book(self, job: Job, replica: Replica, sign: int) -> None:
-        """Add (+1) or remove (-1) the job's work on the replica, as the router's in-flight ledger."""
-        ranking = self._ranking[replica.pool]
-        load = ranking.load(replica.replica_id)
-        ranking.update(replica, ReplicaLoad(replica.replica_id,
-                                            local_tokens=load.local_tokens + sign * self._work[job.job_id],
-                                            local_requests=load.local_requests + sign))
+        """booking_target over the pool ranked by replica_book (None while no replica has room)."""
+        return self._index[self.pool_book.booked_on(job.job_id)].first_with_room()
 
     def on_route(self, job: Job, replica: Replica) -> None:
-        self._book(job, replica, +1)
+        """As TokenLoadRouter.on_request_routed: book the request's work on the replica."""
+        self.replica_book.book(replica.replica_id, job.job_id, self._work[job.job_id])
+        self._index[replica.pool].refresh(replica)
 
     def on_finish(self, job: Job, replica: Replica) -> None:
-        self._book(job, replica, -1)
-        self._pool_tokens[replica.pool] -= self._work.pop(job.job_id)
-        super().on_finish(job, replica)
+        """As TokenLoadRouter.on_request_completed and the ingress's release: both books let go."""
+        self.replica_book.release(job.job_id)
+        self._index[replica.pool].refresh(replica)
+        self.pool_book.release(job.job_id)
+        del self._work[job.job_id]
 
 
-POLICIES = ("round_robin", "pow2", "length_only", "ours")
+POLICIES = ("round_robin", "pow2", "length_only", "router")
+RENAMED = {"ours": "router"}  # old registry names, for a helpful error
 
 
 def make_policy(name: str, seed: int = 0) -> Policy:
     """A fresh policy (they keep state: one per simulation)."""
     factories = {"round_robin": RoundRobin, "pow2": lambda: PowerOfTwo(seed),
-                 "length_only": lambda: LengthOnly(seed), "ours": Ours}
+                 "length_only": lambda: LengthOnly(seed), "router": RouterPolicy}
+    if name not in factories:
+        hint = f" (renamed {RENAMED[name]!r})" if name in RENAMED else ""
+        raise ValueError(f"unknown policy {name!r}{hint}; known: {', '.join(POLICIES)}")
     return factories[name]()
