@@ -9,8 +9,9 @@ Tekken tokens. Its speed comes from one of two engines:
 - fixed rates (`prefill_tokens_per_s`, `decode_ms_per_token`): every request sleeps on its own, at
   the same speed however many the replica holds. For functional tests, and zero-delay replicas.
 `max_tokens`, `stop` and `ignore_eos` are honoured; generation stops when the caller goes away
-(Serve cancels the generator). It publishes the routing stats and engine stats (running, waiting,
-KV usage) that the vLLM replica publishes.
+(Serve cancels the generator). The span, load accounting, start event, cancellation and routing
+stats around its tokens are the envelope every replica shares (deployments/replica_envelope.py); it
+publishes the engine stats (running, waiting, KV usage) that the vLLM replica publishes.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ from ray import serve
 
 from deployments.engine_loop import EngineLoop
 from common.engine_model import PROFILES
-from common.protocol import GenerateRequest, delta_event, end_event, error_event, start_event
+from common.protocol import GenerateRequest, delta_event, end_event, error_event
 from deployments.reasoning_split import RawText, ThinkSplitter
-from deployments.replica_load import ReplicaIdentity, ReplicaLoadTracker
+from deployments.replica_envelope import Admission, ReplicaEnvelope
+from deployments.replica_load import ReplicaIdentity
 from deployments.stop_strings import StopMatcher
 from deployments.stub_text import FILLER_TEXT, last_user_text, stub_completion_text
 from common.telemetry.replica_metrics import ReplicaMetrics
 from common.telemetry.otel_setup import configure_tracing
-from common.telemetry.replica_span import GenerationSpan
 from common.tokens import TekkenCounter
 
 PREFIX_COUNTS_KEPT = 1024  # distinct system prompts whose token count is remembered
@@ -58,7 +59,6 @@ class StubReplica:
         if isinstance(gpu, list):  # one deployment over mixed GPUs: this replica's is its rank's
             gpu = gpu[serve.get_replica_context().rank.rank % len(gpu)]
             accelerator = f"{gpu}-emulated"
-        self._id = ReplicaIdentity.current(pool, accelerator)
         self._prefill_rate = float(prefill_tokens_per_s)
         self._decode_s = float(decode_ms_per_token) / 1000.0
         self._engine = EngineLoop(PROFILES[gpu], time_scale) if gpu else None
@@ -67,9 +67,8 @@ class StubReplica:
         self._filler = self._counter.encode_text(FILLER_TEXT, bos=False)
         self._prefix_counts: OrderedDict[str, int] = OrderedDict()
         self._seq = itertools.count()
-        self._load = ReplicaLoadTracker()
-        self._tracer = configure_tracing(f"replica:{pool}")
-        self._metrics = ReplicaMetrics(pool, accelerator)
+        self._envelope = ReplicaEnvelope(ReplicaIdentity.current(pool, accelerator),
+                                         configure_tracing(f"replica:{pool}"), ReplicaMetrics(pool, accelerator))
 
     def _count(self, request: GenerateRequest) -> int:
         if request.prompt_tokens is not None:
@@ -94,41 +93,34 @@ class StubReplica:
         return max_tokens, None
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[dict]:
-        span = GenerationSpan(self._tracer, request, self._id.as_dict())
+        async with contextlib.aclosing(self._envelope.generate(request, self._admit)) as events:
+            async for event in events:
+                yield event
+
+    def _admit(self, request: GenerateRequest, trace_carrier: dict[str, str]) -> Admission | dict:
+        """The request counted and taken, or refused (the stub has no engine to pass a trace to).
+        Nothing it generates is reported on cancel: the load's cancelled tokens stay 0."""
         prompt_tokens = self._count(request)
         max_tokens, refusal = self._refusal(request, prompt_tokens)
         if refusal is not None:
-            span.observe(refusal)
-            span.end(cancelled=False)
-            yield refusal
-            return
-        work = request.work_tokens
-        self._load.begin(work)
-        cancelled, error = True, None
-        try:
-            yield start_event(**self._id.as_dict(), prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-            text = stub_completion_text(
-                last_user_text(request.messages, request.prompt),
-                self._id.pool,
-                request.sampling.get("seed"),
-            )
-            ids, finish_reason = self._completion_ids(text, max_tokens, bool(request.sampling.get("ignore_eos")))
-            if self._engine:
-                ticks = self._engine_ticks(request, prompt_tokens, len(ids))
-            else:
-                ticks = self._fixed_ticks(prompt_tokens, len(ids))
-            split = request.kind == "chat"  # text completions return the raw text
-            async with contextlib.aclosing(ticks):
-                async for event in self._decode(ids, ticks, finish_reason, request.stop, prompt_tokens, split):
-                    span.observe(event)
-                    yield event
-            cancelled = False
-        except Exception as exc:
-            error = exc
-            raise
-        finally:
-            self._load.end(work, cancelled=cancelled)
-            span.end(cancelled=cancelled, error=error)
+            return refusal
+        return Admission(prompt_tokens, max_tokens, self._events(request, prompt_tokens, max_tokens))
+
+    async def _events(self, request: GenerateRequest, prompt_tokens: int, max_tokens: int) -> AsyncIterator[dict]:
+        text = stub_completion_text(
+            last_user_text(request.messages, request.prompt),
+            self._envelope.identity.pool,
+            request.sampling.get("seed"),
+        )
+        ids, finish_reason = self._completion_ids(text, max_tokens, bool(request.sampling.get("ignore_eos")))
+        if self._engine:
+            ticks = self._engine_ticks(request, prompt_tokens, len(ids))
+        else:
+            ticks = self._fixed_ticks(prompt_tokens, len(ids))
+        split = request.kind == "chat"  # text completions return the raw text
+        async with contextlib.aclosing(ticks):
+            async for event in self._decode(ids, ticks, finish_reason, request.stop, prompt_tokens, split):
+                yield event
 
     def _completion_ids(self, text: str, max_tokens: int, ignore_eos: bool) -> tuple[list[int], str]:
         """The tokens to generate and the finish reason if nothing stops them earlier. With
@@ -226,14 +218,12 @@ class StubReplica:
 
     def record_routing_stats(self) -> dict:
         """Serve calls this every stats period: the load gauges are refreshed with it."""
-        stats = {**self._id.as_dict(), **self._load.routing_stats(), **self._engine_stats()}
-        self._metrics.update(stats)
-        return stats
+        return self._envelope.routing_stats(self._engine_stats())
 
     def _engine_stats(self) -> dict:
         """The keys the vLLM replica publishes; a fixed-rate stub runs everything it holds."""
         if self._engine is None:
-            ongoing = self._load.ongoing_requests
+            ongoing = self._envelope.load.ongoing_requests
             return {"engine_running": ongoing, "engine_waiting": 0, "kv_cache_usage": 0.0}
         s = self._engine.stats()
         return {"engine_running": s.running, "engine_waiting": s.waiting, "kv_cache_usage": s.kv_usage,
@@ -241,7 +231,7 @@ class StubReplica:
 
     def stats(self) -> dict:
         """For tests and operators: what this replica holds and has done."""
-        return {**self.record_routing_stats(), **self._load.totals()}
+        return self._envelope.stats(self._engine_stats())
 
     def ready(self) -> dict:
-        return self._id.as_dict()
+        return self._envelope.ready()

@@ -2,14 +2,18 @@
 
 `MagistralLLMServer` is an `LLMServer` (ray.serve.llm starts and owns the vLLM engine, with the
 engine's own mistral tokenizer, reasoning parser and tool-call parser) that also speaks the
-router's replica interface (deployments/protocol.py): `generate(GenerateRequest)` streams the same
-start / delta / end events as the stub, so the router sends identical requests to both. It
-publishes routing stats: queued tokens and ongoing requests (what the balancer ranks by) plus the
-engine's running / waiting requests and KV-cache usage, pool, accelerator and node.
+router's replica interface (common/protocol.py): `generate(GenerateRequest)` streams the same
+start / delta / end events as the stub, so the router sends identical requests to both. The span,
+load accounting, start event, cancellation and routing stats around the engine's tokens are the
+envelope every replica shares (deployments/replica_envelope.py); this module turns the engine's
+stream into delta / end events and keeps the usage a cancelled request is billed. It publishes
+routing stats: queued tokens and ongoing requests (what the balancer ranks by) plus the engine's
+running / waiting requests and KV-cache usage, pool, accelerator and node.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -19,13 +23,13 @@ from ray.llm._internal.serve.core.protocol import RawRequestInfo  # private in r
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
-from common.protocol import GenerateRequest, delta_event, end_event, error_event, start_event
-from deployments.replica_load import ReplicaIdentity, ReplicaLoadTracker
+from common.protocol import GenerateRequest, delta_event, end_event, error_event
+from deployments.replica_envelope import Admission, ReplicaEnvelope
+from deployments.replica_load import ReplicaIdentity
 from deployments.vllm_config import llm_config_kwargs
 from common.config import AppConfig, PoolConfig
 from common.telemetry.replica_metrics import ReplicaMetrics
 from common.telemetry.otel_setup import configure_tracing, engine_traces_endpoint, otlp_protocol
-from common.telemetry.replica_span import GenerationSpan
 
 
 class _LatestSchedulerStats:
@@ -120,12 +124,11 @@ def _summary(exc: Exception) -> str:
 class MagistralLLMServer(LLMServer):
     async def __init__(self, llm_config: LLMConfig, *, pool: str, accelerator: str, **kwargs: Any):
         self._model_id = llm_config.model_id
-        self._load = ReplicaLoadTracker()
         self._sched = _LatestSchedulerStats()
         # Ours first: vLLM then finds a global TracerProvider set and its llm_request spans go
         # through our exporter, as children of the span whose context we pass as trace headers.
-        self._tracer = configure_tracing(f"replica:{pool}")
-        self._metrics = ReplicaMetrics(pool, accelerator)
+        tracer = configure_tracing(f"replica:{pool}")
+        metrics = ReplicaMetrics(pool, accelerator)
         endpoint = engine_traces_endpoint(os.environ)
         if endpoint and "otlp_traces_endpoint" not in llm_config.engine_kwargs:
             # The engine config was computed (and cached) when the deployment was built, in the
@@ -140,7 +143,7 @@ class MagistralLLMServer(LLMServer):
         manager = getattr(self._client, "logger_manager", None)
         if manager is not None:
             manager.stat_loggers.append(self._sched)
-        self._id = ReplicaIdentity.current(pool, accelerator)
+        self._envelope = ReplicaEnvelope(ReplicaIdentity.current(pool, accelerator), tracer, metrics)
 
     def _engine_request(self, request: GenerateRequest):
         # Always stream from the engine, with usage on every chunk: a request cancelled mid-way
@@ -156,59 +159,46 @@ class MagistralLLMServer(LLMServer):
         return self.completions, CompletionRequest(prompt=request.prompt, **common)
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[dict]:
-        span = GenerationSpan(self._tracer, request, self._id.as_dict())
+        async with contextlib.aclosing(self._envelope.generate(request, self._admit)) as events:
+            async for event in events:
+                yield event
+
+    def _admit(self, request: GenerateRequest, trace_carrier: dict[str, str]) -> Admission | dict:
+        """The engine counts: START carries the router's figures. A cancelled request reports the
+        completion tokens of the engine's last usage (billed up to the abort)."""
         try:
             method, engine_request = self._engine_request(request)
         except ValueError as exc:  # pydantic's ValidationError too: vLLM refuses a field's value
-            event = error_event(status=400, message=f"Invalid request: {_summary(exc)}")
-            span.observe(event)
-            span.end(cancelled=False)
-            yield event
-            return
-        work = request.work_tokens
-        self._load.begin(work)
-        cancelled, failure = True, None
+            return error_event(status=400, message=f"Invalid request: {_summary(exc)}")
         usage = _Usage()
         # vLLM reads W3C trace headers from the request: its llm_request span becomes our child.
-        raw_request = RawRequestInfo(headers=span.child_carrier())
-        try:
-            yield start_event(**self._id.as_dict(), prompt_tokens=request.prompt_tokens,
-                              max_tokens=request.max_tokens)
-            # Cancelling this generator (the router does when its client goes away) cancels the
-            # engine stream, and vLLM aborts the request.
-            async for batch in await method(engine_request, raw_request):
-                payloads = [batch.model_dump()] if hasattr(batch, "model_dump") else _sse_payloads(batch)
-                for payload in payloads:
-                    error = _error(payload)
-                    if error is not None:
-                        span.observe(error)
-                        yield error
-                        cancelled = False
-                        return
-                    usage.take(payload)
-                    for choice in payload.get("choices") or []:
-                        event = _delta_from_choice(choice)
-                        if event["reasoning"] or event["content"] or event["tool_calls"]:
-                            event.update(completion_tokens=usage.completion, reasoning_tokens=usage.reasoning,
-                                         prompt_tokens=usage.prompt or None)
-                            span.observe(event)
-                            yield event
-            end = usage.end()
-            span.observe(end)
-            yield end
-            cancelled = False
-        except Exception as exc:
-            failure = exc
-            raise
-        finally:
-            self._load.end(work, cancelled=cancelled, generated=usage.completion)
-            span.end(cancelled=cancelled, generated=None if not cancelled else usage.completion, error=failure)
+        raw_request = RawRequestInfo(headers=trace_carrier)
+        return Admission(request.prompt_tokens, request.max_tokens,
+                         self._events(method, engine_request, raw_request, usage),
+                         generated=lambda: usage.completion)
+
+    async def _events(self, method, engine_request, raw_request: RawRequestInfo, usage: _Usage) -> AsyncIterator[dict]:
+        # Cancelling this generator (the router does when its client goes away) cancels the
+        # engine stream, and vLLM aborts the request.
+        async for batch in await method(engine_request, raw_request):
+            payloads = [batch.model_dump()] if hasattr(batch, "model_dump") else _sse_payloads(batch)
+            for payload in payloads:
+                error = _error(payload)
+                if error is not None:
+                    yield error
+                    return
+                usage.take(payload)
+                for choice in payload.get("choices") or []:
+                    event = _delta_from_choice(choice)
+                    if event["reasoning"] or event["content"] or event["tool_calls"]:
+                        event.update(completion_tokens=usage.completion, reasoning_tokens=usage.reasoning,
+                                     prompt_tokens=usage.prompt or None)
+                        yield event
+        yield usage.end()
 
     async def record_routing_stats(self) -> dict[str, Any]:
         base = await super().record_routing_stats() or {}
-        stats = {**base, **self._id.as_dict(), **self._load.routing_stats(), **self._engine_stats()}
-        self._metrics.update(stats)  # Serve calls this every stats period: gauges stay fresh
-        return stats
+        return self._envelope.routing_stats(self._engine_stats(), base)  # also refreshes the gauges
 
     def _engine_stats(self) -> dict[str, Any]:
         return {
@@ -220,11 +210,11 @@ class MagistralLLMServer(LLMServer):
 
     async def stats(self) -> dict[str, Any]:
         """For tests and operators: what this replica and its engine hold and have done."""
-        return {**self._id.as_dict(), **self._load.routing_stats(), **self._engine_stats(), **self._load.totals()}
+        return self._envelope.stats(self._engine_stats())
 
     async def ready(self) -> dict:
         await self.check_health()
-        return self._id.as_dict()
+        return self._envelope.ready()
 
 
 def build_vllm_pool(pool: PoolConfig, config: AppConfig, serve_options: dict):

@@ -1,0 +1,107 @@
+"""The envelope of a replica's `generate`: the part of the replica protocol billing depends on,
+written once for every replica (the stub and the vLLM replica).
+
+A replica supplies only what differs: `admit(request, trace_carrier)` counts the request and
+either refuses it (returns an error event) or takes it (returns an `Admission`: the start event's
+counts, its delta / end events as a not-yet-started async iterator, and optionally how many tokens
+it has generated so far); and its engine's stats. The envelope does the rest, in this order:
+1. opens the replica's span (GenerationSpan), a child of the ingress's routing span;
+2. a refusal is observed on the span, the span ended, the error event yielded; no load is booked;
+3. books the request's work tokens on the load tracker and yields the start event (identity and
+   the admission's prompt_tokens / max_tokens);
+4. yields the replica's events, each observed on the span (an error event mid-stream ends the
+   request like an end event does);
+5. releases the load and ends the span. Closing the generator (GeneratorExit) or cancelling its
+   task (CancelledError) before the events run out means cancelled; an exception from the events
+   means failed (counted cancelled by the load, recorded on the span) and is re-raised. The tokens
+   the admission says were generated go to the load's cancelled totals and, when cancelled, to
+   the span.
+Routing stats are identity + load + engine stats, and refresh the replica's gauges.
+
+No Ray API is called here (deployments/replica_load imports ray for ReplicaIdentity.current,
+which only the replicas call): tests drive it with a local tracer and fakes, without a cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from opentelemetry import trace
+
+from common.protocol import GenerateRequest, start_event
+from common.telemetry.replica_span import GenerationSpan
+from deployments.replica_load import ReplicaIdentity, ReplicaLoadTracker
+
+
+@dataclass
+class Admission:
+    """A request a replica takes."""
+
+    prompt_tokens: int | None  # for the start event (None: the engine decides; END has the count)
+    max_tokens: int | None
+    events: AsyncIterator[dict]  # delta events then an end (or error) event; started after START
+    # Tokens generated so far, read when the request ends (a cancelled request's count). None: the
+    # replica does not say (nothing is added to the span, 0 to the load's cancelled tokens).
+    generated: Callable[[], int] | None = None
+
+
+# admit(request, trace_carrier) -> Admission, or the error event that refuses the request.
+# trace_carrier: W3C headers whose parent is the replica's span (for an engine that traces).
+Admit = Callable[[GenerateRequest, dict[str, str]], Admission | dict]
+
+
+class GaugeSink(Protocol):
+    def update(self, stats: dict) -> None: ...  # common.telemetry.replica_metrics.ReplicaMetrics
+
+
+class ReplicaEnvelope:
+    def __init__(self, identity: ReplicaIdentity, tracer: trace.Tracer, metrics: GaugeSink):
+        self.identity = identity
+        self.load = ReplicaLoadTracker()
+        self._tracer = tracer
+        self._metrics = metrics
+
+    async def generate(self, request: GenerateRequest, admit: Admit) -> AsyncIterator[dict]:
+        span = GenerationSpan(self._tracer, request, self.identity.as_dict())
+        admission = admit(request, span.child_carrier())
+        if not isinstance(admission, Admission):  # an error event: refused before any work
+            span.observe(admission)
+            span.end(cancelled=False)
+            yield admission
+            return
+        work = request.work_tokens
+        self.load.begin(work)
+        cancelled, failure = True, None
+        try:
+            yield start_event(**self.identity.as_dict(), prompt_tokens=admission.prompt_tokens,
+                              max_tokens=admission.max_tokens)
+            async with contextlib.aclosing(admission.events) as events:  # closed with us
+                async for event in events:
+                    span.observe(event)
+                    yield event
+            cancelled = False
+        except Exception as exc:
+            failure = exc
+            raise
+        finally:
+            generated = admission.generated() if admission.generated is not None else None
+            self.load.end(work, cancelled=cancelled, generated=generated or 0)
+            span.end(cancelled=cancelled, generated=generated if cancelled else None, error=failure)
+
+    def routing_stats(self, engine_stats: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What record_routing_stats returns (Serve calls it every stats period, so the gauges are
+        refreshed with it). base: stats the replica's base class publishes, overridden by ours."""
+        stats = {**(base or {}), **self.identity.as_dict(), **self.load.routing_stats(), **engine_stats}
+        self._metrics.update(stats)
+        return stats
+
+    def stats(self, engine_stats: dict[str, Any]) -> dict[str, Any]:
+        """For tests and operators: what the replica holds and has done (the gauges are left alone)."""
+        return {**self.identity.as_dict(), **self.load.routing_stats(), **engine_stats, **self.load.totals()}
+
+    def ready(self) -> dict[str, str]:
+        """What a replica answers once it can serve: its identity."""
+        return self.identity.as_dict()
