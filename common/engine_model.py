@@ -236,6 +236,14 @@ class EngineModel:
         return EngineStats(running=len(self._running), waiting=len(self._waiting),
                            kv_usage=self._kv_used / self.profile.kv_capacity_tokens, queued_tokens=queued)
 
+    def queued_prefill_tokens(self) -> int:
+        """Prompt (and, after a preemption, generated) tokens not yet in KV: prefill still to do."""
+        return sum(r.known - r.computed for r in self._requests.values() if r.generated == 0 or r.computed < r.known - 1)
+
+    @property
+    def kv_used_tokens(self) -> int:
+        return self._kv_used
+
     def prefix_cached(self, prefix_key: str) -> int:
         """Tokens of `prefix_key` in the prefix cache (0: not cached). Does not touch the LRU order."""
         return self._prefix_cache.get(prefix_key, 0)

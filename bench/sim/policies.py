@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from bench.workload import CONTEXT_CAP, Job
 from common.protocol import work_tokens
 from router.context_cap import ContextLengthExceeded
+from router.routing import predict
 from router.routing.load_book import LoadBook, score
 from router.routing.pools import PoolLimits, choose_pool
 
@@ -312,14 +313,67 @@ class RouterPolicy(_PoolAware):
         del self._work[job.job_id]
 
 
+class Predicted:
+    """router.routing.predict over every replica of every pool, fed from each replica's engine
+    model (what a replica publishes: running, waiting, queued prefill, KV in use, cached prefix).
+    Pool limits follow the hardware (every replica whose KV holds the context serves it), as for
+    pow2. Prototype: not yet the live router's policy."""
+
+    name = "predicted"
+    respects_pool_limits = False
+
+    def __init__(self, slo=None, usd_per_hour: Mapping[str, float] | None = None, likely_output_tokens: int = 900,
+                 headroom: float = predict.HEADROOM) -> None:
+        self._slo = slo
+        self._usd = dict(usd_per_hour or {})
+        self._likely = likely_output_tokens
+        self._headroom = headroom
+
+    def queue(self, job: Job, fleet: Fleet) -> str:
+        return FLEET_QUEUE
+
+    def choose(self, job: Job, fleet: Fleet) -> Replica | None:
+        candidates = fleet.with_room()
+        if not candidates:
+            return None
+        slo = self._slo
+        request = predict.RequestShape(job.prompt_tokens, self._likely, slo.ttft_limit_s(job.prompt_tokens), slo.tpot_s)
+        views = []
+        for r in candidates:
+            engine = r.engine
+            stats = engine.stats()
+            views.append(predict.ReplicaView(
+                r.replica_id, r.pool, engine.profile, self._usd.get(r.pool, 1.0), fleet.cap,
+                running=stats.running, waiting=stats.waiting, queued_prefill_tokens=engine.queued_prefill_tokens(),
+                kv_tokens=engine.kv_used_tokens,
+                prefix_cached_tokens=min(engine.prefix_cached(job.prefix_key), job.prefix_tokens) if job.prefix_key else 0))
+        order = predict.pick(views, request, self._headroom)
+        if not order:
+            return None
+        by_id = {r.replica_id: r for r in candidates}
+        return by_id[order[0].replica_id]
+
+    def on_route(self, job: Job, replica: Replica) -> None:
+        pass
+
+    def on_finish(self, job: Job, replica: Replica) -> None:
+        pass
+
+
 POLICIES = ("round_robin", "pow2", "length_only", "router")
 RENAMED = {"ours": "router"}  # old registry names, for a helpful error
+
+
+def _predicted() -> Predicted:
+    from bench.sim.fleets import H100_USD_PER_GPU_HOUR, L40S_USD_PER_GPU_HOUR, SLO
+
+    return Predicted(SLO(), {"long": H100_USD_PER_GPU_HOUR, "short": 2 * L40S_USD_PER_GPU_HOUR})
 
 
 def make_policy(name: str, seed: int = 0) -> Policy:
     """A fresh policy (they keep state: one per simulation)."""
     factories = {"round_robin": RoundRobin, "pow2": lambda: PowerOfTwo(seed),
-                 "length_only": lambda: LengthOnly(seed), "router": RouterPolicy}
+                 "length_only": lambda: LengthOnly(seed), "router": RouterPolicy, "predicted": _predicted}
     if name not in factories:
         hint = f" (renamed {RENAMED[name]!r})" if name in RENAMED else ""
         raise ValueError(f"unknown policy {name!r}{hint}; known: {', '.join(POLICIES)}")

@@ -1,0 +1,123 @@
+"""Predicted latency of a request on each candidate replica, from the engine model of its GPU class.
+
+Pure: no Ray, no clock. A candidate is what a replica looks like now (`ReplicaView`: its GPU
+profile, what its engine holds, its price); the request is its prompt, the output it will likely
+generate and the prefix it shares. `predict` follows common/engine_model.py's scheduler: each
+step's token budget goes to the running sequences' decodes first, the rest to prefill in arrival
+order, so the request's first token waits for the prefill queued ahead of it plus its own uncached
+prompt, at what the budget leaves after decodes; every step also pays the fixed cost and the
+attention over the KV in the batch. Its time per output token is the step time with one more
+sequence. When the engine is out of sequence slots or KV, the request waits for running ones to
+finish (a crude drain estimate: the prediction says so in `waits_for_room`).
+
+`pick` then orders candidates: those predicted to meet the request's objectives (with headroom)
+first, cheapest in dollars for this request's GPU-seconds, then the rest by how far they miss.
+There is no pool preference and no spill threshold: a cheap replica is used while it keeps the
+objectives, and not past that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from common.engine_model import GPUProfile
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    replica_id: str
+    pool: str
+    profile: GPUProfile
+    usd_per_hour: float
+    max_model_len: int  # what the pool's engine holds (prompt + output)
+    running: int = 0  # sequences in the engine's batch
+    waiting: int = 0  # requests queued in the engine, not yet admitted
+    queued_prefill_tokens: int = 0  # prompt tokens not yet computed, of requests already there
+    kv_tokens: int = 0  # KV in use
+    prefix_cached_tokens: int = 0  # of this request's prefix, already in this replica's cache
+
+
+@dataclass(frozen=True)
+class RequestShape:
+    prompt_tokens: int
+    likely_output_tokens: int
+    ttft_limit_s: float
+    tpot_limit_s: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    replica_id: str
+    ttft_s: float
+    tpot_s: float
+    usd: float  # GPU-seconds this request costs there, priced
+    waits_for_room: bool  # out of sequence slots or KV: the TTFT includes a drain estimate
+    miss: float  # max(ttft / limit, tpot / limit): <= 1 meets both objectives
+
+    @property
+    def meets(self) -> bool:
+        return self.miss <= 1.0
+
+
+def holds(view: ReplicaView, request: RequestShape) -> bool:
+    """Filter: the pool's context and the engine's KV hold the prompt and at least one token."""
+    need = request.prompt_tokens + 1
+    return need <= view.max_model_len and need <= view.profile.kv_capacity_tokens
+
+
+def predict(view: ReplicaView, request: RequestShape) -> Prediction:
+    p = view.profile
+    out = max(1, request.likely_output_tokens)
+    uncached = max(1, request.prompt_tokens - view.prefix_cached_tokens)
+    decoding = view.running
+    prefill_per_step = max(1, p.max_num_batched_tokens - decoding)
+    prefill_ahead = view.queued_prefill_tokens + uncached
+    steps = math.ceil(prefill_ahead / prefill_per_step)
+    step_fixed = p.base_s + p.decode_s_per_seq * decoding + p.attention_s_per_kv_token * view.kv_tokens
+    ttft = steps * step_fixed + p.prefill_s_per_token * prefill_ahead
+
+    # One more decoding sequence, its context growing over its output; the prefill queued behind
+    # the batch is spread over the output's steps (chunks share the steps it decodes in).
+    context = view.kv_tokens + request.prompt_tokens + out / 2
+    tpot = (p.base_s + p.decode_s_per_seq * (decoding + 1) + p.attention_s_per_kv_token * context
+            + p.prefill_s_per_token * view.queued_prefill_tokens / out)
+
+    # Room: sequence slots and KV for the prompt plus the likely output, beside what is there.
+    kv_needed = view.kv_tokens + view.queued_prefill_tokens + request.prompt_tokens + out
+    over_slots = view.running + view.waiting + 1 - p.max_num_seqs
+    over_kv = kv_needed - p.kv_capacity_tokens
+    waits = over_slots > 0 or over_kv > 0
+    if waits:
+        # Running sequences finish at about one per (their remaining output x step time / batch);
+        # wait until enough have, a coarse but monotone estimate.
+        per_finish = out * tpot / max(1, decoding)
+        finishes = max(over_slots, math.ceil(max(0, over_kv) / max(1, (view.kv_tokens / max(1, decoding)))))
+        ttft += finishes * per_finish
+
+    # The GPU class's price of this request at a reference batch, not at this replica's current one:
+    # a busier replica of the same class is not cheaper (that would pile work on it).
+    gpu_s = (p.prefill_s_per_token * request.prompt_tokens
+             + out * (p.base_s / REFERENCE_BATCH + p.decode_s_per_seq
+                      + p.attention_s_per_kv_token * (request.prompt_tokens + out / 2)))
+    miss = max(ttft / request.ttft_limit_s, tpot / request.tpot_limit_s)
+    return Prediction(view.replica_id, ttft, tpot, gpu_s * view.usd_per_hour / 3600, waits, miss)
+
+
+REFERENCE_BATCH = 16  # sequences sharing a step's fixed cost when a request is priced
+
+# Predictions are estimates: a candidate counts as meeting the objectives only with this headroom.
+HEADROOM = 0.7
+
+
+def rank(predictions: Iterable[Prediction], headroom: float = HEADROOM) -> list[Prediction]:
+    """Best first: candidates meeting the objectives with headroom, cheapest first; then the rest,
+    least missing first (ties on id keep the order fixed)."""
+    return sorted(predictions, key=lambda q: (0, q.usd, q.miss, q.replica_id) if q.miss <= headroom
+                  else (1, q.miss, q.usd, q.replica_id))
+
+
+def pick(views: Iterable[ReplicaView], request: RequestShape, headroom: float = HEADROOM) -> list[Prediction]:
+    """Filters, then predictions, then the order: the candidates best first (empty: none holds it)."""
+    return rank((predict(v, request) for v in views if holds(v, request)), headroom)

@@ -1,0 +1,74 @@
+"""router.routing.predict: the latency a replica's engine model predicts, and the order it gives."""
+
+import dataclasses
+
+from common.engine_model import H100_TP1, L40S_TP2, EngineModel
+from router.routing.predict import ReplicaView, RequestShape, holds, pick, predict, rank
+
+CHAT = RequestShape(prompt_tokens=700, likely_output_tokens=900, ttft_limit_s=1.07, tpot_limit_s=0.08)
+DOC = RequestShape(prompt_tokens=16_000, likely_output_tokens=900, ttft_limit_s=2.6, tpot_limit_s=0.08)
+
+
+def view(name="r", profile=H100_TP1, usd=7.0, **state) -> ReplicaView:
+    return ReplicaView(name, "pool", profile, usd, 40_960, **state)
+
+
+def test_an_idle_replica_predicts_its_profiles_prefill_and_step_time():
+    p = predict(view(), CHAT)
+    assert abs(p.ttft_s - (H100_TP1.base_s + 700 * H100_TP1.prefill_s_per_token)) < 1e-9
+    assert H100_TP1.base_s < p.tpot_s < 0.03 and p.meets and not p.waits_for_room
+
+
+def test_prefill_queued_ahead_and_a_busy_batch_delay_the_first_token():
+    idle = predict(view(), DOC).ttft_s
+    queued = predict(view(queued_prefill_tokens=20_000), DOC).ttft_s
+    busy = predict(view(running=40, kv_tokens=100_000), DOC).ttft_s
+    assert idle < busy < queued
+
+
+def test_a_cached_prefix_shortens_the_prefill():
+    assert predict(view(prefix_cached_tokens=600), CHAT).ttft_s < predict(view(), CHAT).ttft_s
+
+
+def test_one_more_sequence_on_a_big_batch_costs_time_per_token():
+    assert predict(view(running=40, kv_tokens=120_000), CHAT).tpot_s > predict(view(running=2, kv_tokens=2_000), CHAT).tpot_s
+
+
+def test_no_room_adds_a_wait_for_running_sequences_to_finish():
+    full = predict(view(running=H100_TP1.max_num_seqs, kv_tokens=100_000), CHAT)
+    assert full.waits_for_room and full.ttft_s > predict(view(running=H100_TP1.max_num_seqs - 2, kv_tokens=100_000), CHAT).ttft_s
+
+
+def test_the_filter_follows_the_context_and_the_kv():
+    assert holds(view(), DOC)
+    assert not holds(dataclasses.replace(view(), max_model_len=12_000), DOC)
+    small = dataclasses.replace(H100_TP1, kv_capacity_tokens=10_000)
+    assert not holds(view(profile=small), DOC)
+
+
+def test_the_cheaper_class_wins_while_it_keeps_the_objectives_and_not_past_that():
+    cheap, dear = view("cheap", usd=1.0), view("dear", usd=7.0)
+    assert [p.replica_id for p in pick([dear, cheap], CHAT)] == ["cheap", "dear"]
+    swamped = view("cheap", usd=1.0, queued_prefill_tokens=60_000)  # its chats would wait seconds
+    assert pick([dear, swamped], CHAT)[0].replica_id == "dear"
+
+
+def test_the_same_class_is_ranked_by_load_not_by_batching_discounts():
+    a, b = view("a", running=30, kv_tokens=40_000), view("b", running=1, kv_tokens=1_000)
+    assert pick([a, b], CHAT)[0].replica_id == "b"
+
+
+def test_when_nothing_meets_the_objectives_the_least_missing_comes_first():
+    worse = view("worse", profile=L40S_TP2, usd=1.0, queued_prefill_tokens=80_000)
+    bad = view("bad", queued_prefill_tokens=40_000)
+    order = rank([predict(worse, DOC), predict(bad, DOC)])
+    assert not order[0].meets and [p.replica_id for p in order] == ["bad", "worse"]
+
+
+def test_the_engine_model_reports_the_prefill_it_still_has_to_do():
+    engine = EngineModel(L40S_TP2)
+    engine.add("a", 5_000, 10)
+    assert engine.queued_prefill_tokens() == 5_000
+    engine.step()  # one 2 048-token chunk
+    assert engine.queued_prefill_tokens() == 5_000 - L40S_TP2.max_num_batched_tokens
+    assert engine.kv_used_tokens == L40S_TP2.max_num_batched_tokens
