@@ -52,6 +52,8 @@ class WorkloadMix:
 
 
 DEFAULT_MIX = WorkloadMix()
+# Reasoning-length outputs (median 2.5k, p99 ~11k tokens): Magistral thinking through hard questions.
+REASONING_MIX = WorkloadMix(output_median=2_500.0, output_sigma=0.65, output_range=(16, 20_000))
 
 
 def _lognormal(rng: np.random.Generator, n: int, median: float, sigma: float, bounds: tuple[int, int]) -> np.ndarray:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -313,6 +314,43 @@ class RouterPolicy(_PoolAware):
         del self._work[job.job_id]
 
 
+class PrefixAffinity:
+    """Like Ray Serve LLM's PrefixCacheAffinityRouter over the whole fleet: while the replicas'
+    request counts are balanced (max - min <= `imbalance`), a request goes to a replica this router
+    sent its prefix to before (the least loaded of them); otherwise, or with no match, power of two.
+    The router's memory of where prefixes went stands for its prefix tree."""
+
+    name = "prefix_affinity"
+    respects_pool_limits = False
+
+    def __init__(self, seed: int = 0, imbalance: int = 10) -> None:
+        self._rng = random.Random(seed)
+        self._imbalance = imbalance
+        self._sent: dict[str, set[str]] = {}  # prefix key -> replicas it was routed to
+
+    def queue(self, job: Job, fleet: Fleet) -> str:
+        return FLEET_QUEUE
+
+    def choose(self, job: Job, fleet: Fleet) -> Replica | None:
+        candidates = fleet.with_room()
+        if not candidates:
+            return None
+        if job.prefix_key in self._sent:
+            counts = [r.ongoing for r in candidates]
+            if max(counts) - min(counts) <= self._imbalance:
+                holders = [r for r in candidates if r.replica_id in self._sent[job.prefix_key]]
+                if holders:
+                    return min(holders, key=lambda r: (r.ongoing, r.replica_id))
+        return _pow2(candidates, self._rng)
+
+    def on_route(self, job: Job, replica: Replica) -> None:
+        if job.prefix_key is not None:
+            self._sent.setdefault(job.prefix_key, set()).add(replica.replica_id)
+
+    def on_finish(self, job: Job, replica: Replica) -> None:
+        pass
+
+
 class Predicted:
     """router.routing.predict over every replica of every pool, fed from each replica's engine
     model (what a replica publishes: running, waiting, queued prefill, KV in use, cached prefix).
@@ -323,11 +361,13 @@ class Predicted:
     respects_pool_limits = False
 
     def __init__(self, slo=None, usd_per_hour: Mapping[str, float] | None = None, likely_output_tokens: int = 900,
-                 headroom: float = predict.HEADROOM) -> None:
+                 headroom: float = predict.HEADROOM, strategy: str | None = None) -> None:
         self._slo = slo
         self._usd = dict(usd_per_hour or {})
-        self._likely = likely_output_tokens
+        self._likely = likely_output_tokens  # a prior, until finished requests say otherwise
+        self._outputs: deque[int] = deque(maxlen=256)  # completion tokens of recent finished requests
         self._headroom = headroom
+        self._strategy = strategy
 
     def queue(self, job: Job, fleet: Fleet) -> str:
         return FLEET_QUEUE
@@ -347,7 +387,7 @@ class Predicted:
                 running=stats.running, waiting=stats.waiting, queued_prefill_tokens=engine.queued_prefill_tokens(),
                 kv_tokens=engine.kv_used_tokens,
                 prefix_cached_tokens=min(engine.prefix_cached(job.prefix_key), job.prefix_tokens) if job.prefix_key else 0))
-        order = predict.pick(views, request, self._headroom)
+        order = predict.pick(views, request, self._headroom, self._strategy)
         if not order:
             return None
         by_id = {r.replica_id: r for r in candidates}
@@ -357,7 +397,10 @@ class Predicted:
         pass
 
     def on_finish(self, job: Job, replica: Replica) -> None:
-        pass
+        """The router sees each answer's completion tokens: the likely output is their median."""
+        self._outputs.append(job.output_tokens)
+        if len(self._outputs) >= 16 and len(self._outputs) % 16 == 0:
+            self._likely = int(sorted(self._outputs)[len(self._outputs) // 2])
 
 
 POLICIES = ("round_robin", "pow2", "length_only", "router")
@@ -373,7 +416,8 @@ def _predicted() -> Predicted:
 def make_policy(name: str, seed: int = 0) -> Policy:
     """A fresh policy (they keep state: one per simulation)."""
     factories = {"round_robin": RoundRobin, "pow2": lambda: PowerOfTwo(seed),
-                 "length_only": lambda: LengthOnly(seed), "router": RouterPolicy, "predicted": _predicted}
+                 "length_only": lambda: LengthOnly(seed), "router": RouterPolicy, "predicted": _predicted,
+                 "prefix_affinity": lambda: PrefixAffinity(seed)}
     if name not in factories:
         hint = f" (renamed {RENAMED[name]!r})" if name in RENAMED else ""
         raise ValueError(f"unknown policy {name!r}{hint}; known: {', '.join(POLICIES)}")

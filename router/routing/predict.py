@@ -55,6 +55,11 @@ class Prediction:
     usd: float  # GPU-seconds this request costs there, priced
     waits_for_room: bool  # out of sequence slots or KV: the TTFT includes a drain estimate
     miss: float  # max(ttft / limit, tpot / limit): <= 1 meets both objectives
+    class_fit: float = 0.0  # the miss on an idle replica of the same GPU class: what the hardware allows
+    ttft_ratio: float = 0.0  # predicted / objective
+    tpot_ratio: float = 0.0
+    harm: float = 0.0  # what its prefill adds to the miss ratios of the sequences running there, summed
+    fullness: float = 0.0  # with this request: the larger share of the engine's KV and sequence slots
 
     @property
     def meets(self) -> bool:
@@ -102,22 +107,59 @@ def predict(view: ReplicaView, request: RequestShape) -> Prediction:
              + out * (p.base_s / REFERENCE_BATCH + p.decode_s_per_seq
                       + p.attention_s_per_kv_token * (request.prompt_tokens + out / 2)))
     miss = max(ttft / request.ttft_limit_s, tpot / request.tpot_limit_s)
-    return Prediction(view.replica_id, ttft, tpot, gpu_s * view.usd_per_hour / 3600, waits, miss)
+    # Harm: each running sequence stalls for this request's prefill; spread over a typical answer's
+    # time budget (the likely output at the TPOT objective), summed over the batch.
+    harm = decoding * (p.prefill_s_per_token * uncached) / (out * request.tpot_limit_s)
+    fullness = max(kv_needed / p.kv_capacity_tokens, (view.running + view.waiting + 1) / p.max_num_seqs)
+    return Prediction(view.replica_id, ttft, tpot, gpu_s * view.usd_per_hour / 3600, waits, miss,
+                      idle_miss(p, request), ttft / request.ttft_limit_s, tpot / request.tpot_limit_s, harm, fullness)
+
+
+def idle_miss(p: GPUProfile, request: RequestShape) -> float:
+    """The request's miss ratio on an idle replica of this class (its best case there)."""
+    out = max(1, request.likely_output_tokens)
+    steps = math.ceil(request.prompt_tokens / p.max_num_batched_tokens)
+    ttft = steps * p.base_s + p.prefill_s_per_token * request.prompt_tokens
+    tpot = p.base_s + p.decode_s_per_seq + p.attention_s_per_kv_token * (request.prompt_tokens + out / 2)
+    return max(ttft / request.ttft_limit_s, tpot / request.tpot_limit_s)
 
 
 REFERENCE_BATCH = 16  # sequences sharing a step's fixed cost when a request is priced
 
-# Predictions are estimates: a candidate counts as meeting the objectives only with this headroom.
-HEADROOM = 0.7
+# Predictions are estimates: a candidate counts as meeting the objectives only with headroom. The
+# first token waits behind a queue that later arrivals do not change but the prediction may misjudge;
+# the time per token is bounded by the engine's batch limits, so it needs less.
+HEADROOM = 0.7  # on TTFT
+TPOT_HEADROOM = 0.95
 
 
-def rank(predictions: Iterable[Prediction], headroom: float = HEADROOM) -> list[Prediction]:
-    """Best first: candidates meeting the objectives with headroom, cheapest first; then the rest,
-    least missing first (ties on id keep the order fixed)."""
-    return sorted(predictions, key=lambda q: (0, q.usd, q.miss, q.replica_id) if q.miss <= headroom
-                  else (1, q.miss, q.usd, q.replica_id))
+STRATEGY = "fit"
 
 
-def pick(views: Iterable[ReplicaView], request: RequestShape, headroom: float = HEADROOM) -> list[Prediction]:
+def rank(predictions: Iterable[Prediction], headroom: float = HEADROOM, strategy: str | None = None) -> list[Prediction]:
+    """Best first: candidates meeting the objectives with headroom, then the rest, least missing
+    first (ties on id keep the order fixed). Among those meeting them: `cost`, the cheapest first;
+    `fit`, the GPU class that fits the request most tightly first (a chat goes to the class that
+    just holds its objectives, leaving faster classes to what only they can serve), the least
+    loaded replica of it first, then the cheapest."""
+    strategy = strategy or STRATEGY
+
+    def key(q: Prediction):
+        if q.ttft_ratio > headroom or q.tpot_ratio > TPOT_HEADROOM:
+            # Missing anyway: last go classes that could not meet the objectives even idle (a long
+            # prompt on a slow-prefill class stalls and preempts everything there), then replicas
+            # out of room (it would preempt running sequences), then the least missing.
+            return (1, q.class_fit > 1.0, q.waits_for_room, q.miss + q.harm, q.usd, q.replica_id)
+        if strategy == "cost":
+            return (0, q.usd, q.miss + q.harm, q.replica_id)
+        # The same load measure for every request (its own miss would sort requests by kind:
+        # chats away from long contexts, long prompts to the emptiest batch, and segregate them).
+        return (0, -round(q.class_fit, 2), q.fullness, q.usd, q.replica_id)
+
+    return sorted(predictions, key=key)
+
+
+def pick(views: Iterable[ReplicaView], request: RequestShape, headroom: float = HEADROOM,
+         strategy: str | None = None) -> list[Prediction]:
     """Filters, then predictions, then the order: the candidates best first (empty: none holds it)."""
-    return rank((predict(v, request) for v in views if holds(v, request)), headroom)
+    return rank((predict(v, request) for v in views if holds(v, request)), headroom, strategy)

@@ -72,3 +72,30 @@ def test_the_engine_model_reports_the_prefill_it_still_has_to_do():
     engine.step()  # one 2 048-token chunk
     assert engine.queued_prefill_tokens() == 5_000 - L40S_TP2.max_num_batched_tokens
     assert engine.kv_used_tokens == L40S_TP2.max_num_batched_tokens
+
+
+def test_a_request_goes_to_the_class_that_just_holds_its_objectives():
+    """fit: a chat meets its objectives on both classes and takes the slower one, leaving the fast
+    one to a long document, which only the fast class can start in time."""
+    h100, l40s = view("h100", profile=H100_TP1, usd=7.0), view("l40s", profile=L40S_TP2, usd=5.2)
+    assert pick([h100, l40s], CHAT, strategy="fit")[0].replica_id == "l40s"
+    assert pick([h100, l40s], DOC, strategy="fit")[0].replica_id == "h100"
+    assert not predict(l40s, DOC).meets  # 16k tokens in 2 048-token chunks: over 2.6 s even idle
+    busy_l40s = view("l40s", profile=L40S_TP2, usd=5.2, running=L40S_TP2.max_num_seqs, kv_tokens=180_000)
+    assert pick([h100, busy_l40s], CHAT, strategy="fit")[0].replica_id == "h100"  # fit yields to load
+
+
+def test_replicas_of_a_class_are_ranked_by_one_load_measure_whatever_the_request():
+    """A chat and a long RAG prompt both pick the emptier replica: ranking each by its own predicted
+    miss would send chats away from long contexts and segregate request kinds."""
+    long_contexts = view("a", profile=L40S_TP2, running=10, kv_tokens=90_000)
+    many_chats = view("b", profile=L40S_TP2, running=40, kv_tokens=60_000)
+    rag = RequestShape(prompt_tokens=6_000, likely_output_tokens=900, ttft_limit_s=1.6, tpot_limit_s=0.08)
+    assert pick([long_contexts, many_chats], CHAT)[0].replica_id == pick([long_contexts, many_chats], rag)[0].replica_id
+
+
+def test_a_request_that_misses_anyway_avoids_a_class_that_cannot_serve_it_even_idle():
+    loaded_h100 = view("h100", profile=H100_TP1, queued_prefill_tokens=60_000, running=40, kv_tokens=120_000)
+    idle_l40s = view("l40s", profile=L40S_TP2)
+    order = pick([idle_l40s, loaded_h100], DOC)
+    assert not order[0].meets and order[0].replica_id == "h100"
