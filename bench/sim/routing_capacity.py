@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from bench.report import write_json
 from bench.sim.capacity import CapacityRun
@@ -45,10 +45,17 @@ def main(argv=None) -> None:
         runs += [CapacityRun(*REFERENCE, p, seed, duration_s=duration, mix=REASONING_MIX, high=6.0)
                  for p in ("round_robin", "prefix_affinity") for seed in seeds]
     print(f"workload (2 req/s sample): {describe(generate(2.0, duration, 1, REASONING_MIX))}")
-    print(f"{len(runs)} capacity searches on {args.workers} workers ...", flush=True)
     started = time.perf_counter()
+    print(f"{len(runs)} capacity searches on {args.workers} workers ...", flush=True)
+    capacities: list[float] = [0.0] * len(runs)
     with ProcessPoolExecutor(args.workers) as pool:
-        capacities = list(pool.map(_capacity, runs))
+        futures = {pool.submit(_capacity, run): i for i, run in enumerate(runs)}
+        for done, future in enumerate(as_completed(futures), 1):
+            i = futures[future]
+            capacities[i] = future.result()
+            run = runs[i]
+            print(f"  [{done}/{len(runs)} {time.perf_counter() - started:5.0f}s] {run.h100} H100 + {run.l40s} L40S "
+                  f"{run.policy:<16} seed {run.seed}: {capacities[i]:.2f} req/s", flush=True)
     table: dict[tuple[int, int], dict[str, list[float]]] = {}
     for run, cap in zip(runs, capacities):
         table.setdefault((run.h100, run.l40s), {}).setdefault(run.policy, []).append(cap)
