@@ -132,15 +132,26 @@ def _pow2(candidates: list[Replica], rng: random.Random) -> Replica | None:
     return b if b.ongoing < a.ongoing else a
 
 
-class RoundRobin:
-    name = "round_robin"
-    respects_pool_limits = False
+class _FleetWide:
+    """One router FIFO for the whole fleet, every replica serving the full context; no bookkeeping."""
 
-    def __init__(self) -> None:
-        self._next = 0
+    respects_pool_limits = False
 
     def queue(self, job: Job, fleet: Fleet) -> str:
         return FLEET_QUEUE
+
+    def on_route(self, job: Job, replica: Replica) -> None:
+        pass
+
+    def on_finish(self, job: Job, replica: Replica) -> None:
+        pass
+
+
+class RoundRobin(_FleetWide):
+    name = "round_robin"
+
+    def __init__(self) -> None:
+        self._next = 0
 
     def choose(self, job: Job, fleet: Fleet) -> Replica | None:
         if not fleet.with_room():
@@ -153,31 +164,15 @@ class RoundRobin:
                 return replica
         return None
 
-    def on_route(self, job: Job, replica: Replica) -> None:
-        pass
 
-    def on_finish(self, job: Job, replica: Replica) -> None:
-        pass
-
-
-class PowerOfTwo:
+class PowerOfTwo(_FleetWide):
     name = "pow2"
-    respects_pool_limits = False
 
     def __init__(self, seed: int = 0) -> None:
         self._rng = random.Random(seed)
 
-    def queue(self, job: Job, fleet: Fleet) -> str:
-        return FLEET_QUEUE
-
     def choose(self, job: Job, fleet: Fleet) -> Replica | None:
         return _pow2(fleet.with_room(), self._rng)
-
-    def on_route(self, job: Job, replica: Replica) -> None:
-        pass
-
-    def on_finish(self, job: Job, replica: Replica) -> None:
-        pass
 
 
 class _PoolAware:
@@ -314,22 +309,18 @@ class RouterPolicy(_PoolAware):
         del self._work[job.job_id]
 
 
-class PrefixAffinity:
+class PrefixAffinity(_FleetWide):
     """Like Ray Serve LLM's PrefixCacheAffinityRouter over the whole fleet: while the replicas'
     request counts are balanced (max - min <= `imbalance`), a request goes to a replica this router
     sent its prefix to before (the least loaded of them); otherwise, or with no match, power of two.
     The router's memory of where prefixes went stands for its prefix tree."""
 
     name = "prefix_affinity"
-    respects_pool_limits = False
 
     def __init__(self, seed: int = 0, imbalance: int = 10) -> None:
         self._rng = random.Random(seed)
         self._imbalance = imbalance
         self._sent: dict[str, set[str]] = {}  # prefix key -> replicas it was routed to
-
-    def queue(self, job: Job, fleet: Fleet) -> str:
-        return FLEET_QUEUE
 
     def choose(self, job: Job, fleet: Fleet) -> Replica | None:
         candidates = fleet.with_room()
@@ -347,18 +338,14 @@ class PrefixAffinity:
         if job.prefix_key is not None:
             self._sent.setdefault(job.prefix_key, set()).add(replica.replica_id)
 
-    def on_finish(self, job: Job, replica: Replica) -> None:
-        pass
 
-
-class Predicted:
+class Predicted(_FleetWide):
     """router.routing.predict over every replica of every pool, fed from each replica's engine
     model (what a replica publishes: running, waiting, queued prefill, KV in use, cached prefix).
     Pool limits follow the hardware (every replica whose KV holds the context serves it), as for
     pow2. Prototype: not yet the live router's policy."""
 
     name = "predicted"
-    respects_pool_limits = False
 
     def __init__(self, slo=None, usd_per_hour: Mapping[str, float] | None = None, likely_output_tokens: int = 900,
                  headroom: float = predict.HEADROOM, strategy: str | None = None) -> None:
@@ -368,9 +355,6 @@ class Predicted:
         self._outputs: deque[int] = deque(maxlen=256)  # completion tokens of recent finished requests
         self._headroom = headroom
         self._strategy = strategy
-
-    def queue(self, job: Job, fleet: Fleet) -> str:
-        return FLEET_QUEUE
 
     def choose(self, job: Job, fleet: Fleet) -> Replica | None:
         candidates = fleet.with_room()
@@ -392,9 +376,6 @@ class Predicted:
             return None
         by_id = {r.replica_id: r for r in candidates}
         return by_id[order[0].replica_id]
-
-    def on_route(self, job: Job, replica: Replica) -> None:
-        pass
 
     def on_finish(self, job: Job, replica: Replica) -> None:
         """The router sees each answer's completion tokens: the likely output is their median."""
