@@ -165,6 +165,7 @@ class EngineStats:
     waiting: int
     kv_usage: float  # 0..1 of kv_capacity_tokens
     queued_tokens: int  # prompt tokens not yet in KV + completion tokens not yet generated
+    prefill_tokens: int = 0  # prefill still to do: prompt (and, after a preemption, generated) tokens not in KV
 
 
 @dataclass(eq=False)
@@ -231,14 +232,14 @@ class EngineModel:
         return not self._requests
 
     def stats(self) -> EngineStats:
-        queued = sum(max(0, r.prompt_tokens - r.computed) + r.output_tokens - r.generated
-                     for r in self._requests.values())
+        queued = prefill = 0
+        for r in self._requests.values():
+            queued += max(0, r.prompt_tokens - r.computed) + r.output_tokens - r.generated
+            if not r.decoding:
+                prefill += r.known - r.computed
         return EngineStats(running=len(self._running), waiting=len(self._waiting),
-                           kv_usage=self._kv_used / self.profile.kv_capacity_tokens, queued_tokens=queued)
-
-    def queued_prefill_tokens(self) -> int:
-        """Prompt (and, after a preemption, generated) tokens not yet in KV: prefill still to do."""
-        return sum(r.known - r.computed for r in self._requests.values() if r.generated == 0 or r.computed < r.known - 1)
+                           kv_usage=self._kv_used / self.profile.kv_capacity_tokens, queued_tokens=queued,
+                           prefill_tokens=prefill)
 
     @property
     def kv_used_tokens(self) -> int:

@@ -23,7 +23,7 @@ class Admission:
     max_tokens: int | None  # None: the replica fills in context_limit - prompt_tokens
     context_limit: int  # prompt + completion may not exceed this on the chosen pool
     clamped_from: int | None = None
-    pool_load: Mapping[str, int] = field(default_factory=dict)  # outstanding tokens per pool the choice saw
+    pool_load: Mapping[str, int] = field(default_factory=dict)  # the outstanding tokens per pool the choice saw (the caller's snapshot)
 
     @property
     def pool(self) -> str:
@@ -77,11 +77,11 @@ def admit(
     if bound_decides(upper_bound, max_tokens, pools, cap):
         choice = choose_pool(upper_bound, max_tokens, pools, outstanding_tokens, cap)
         return Admission(choice, None, upper_bound, max_tokens, choice.pool.context_limit(cap),
-                         pool_load=dict(outstanding_tokens))
+                         pool_load=outstanding_tokens)
 
     exact = count_exact()
     budget = apply_cap(exact, max_tokens, cap, policy)
     choice = choose_pool(exact, budget.max_tokens, pools, outstanding_tokens, cap)
     limit = choice.pool.context_limit(cap)
     granted = budget.max_tokens if budget.max_tokens is not None else limit - exact
-    return Admission(choice, exact, exact, granted, limit, budget.clamped_from, pool_load=dict(outstanding_tokens))
+    return Admission(choice, exact, exact, granted, limit, budget.clamped_from, pool_load=outstanding_tokens)

@@ -4,8 +4,7 @@ misses exceed what 90 % allows). Rejections and unfinished requests count as mis
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bench.sim.fleets import SLO, mixed_fleet
 from bench.sim.simulator import simulate
@@ -28,13 +27,11 @@ class CapacityRun:
     high: float = 16.0  # req/s assumed not served
     resolution: float = 0.1  # req/s
     slo: SLO = SLO()
-    make_policy: Callable | None = field(default=None, compare=False)  # a policy object factory (in-process only)
 
     def passes(self, rate: float) -> bool:
         jobs = generate(rate, self.duration_s, self.seed, self.mix)
         judged = sum(0.25 * self.duration_s <= j.arrival_s < self.duration_s for j in jobs)
-        policy = self.make_policy() if self.make_policy else self.policy
-        r = simulate(mixed_fleet(self.h100, self.l40s), jobs, policy, self.slo, duration_s=self.duration_s,
+        r = simulate(mixed_fleet(self.h100, self.l40s), jobs, self.policy, self.slo, duration_s=self.duration_s,
                      seed=self.seed, give_up_after_misses=int((1 - TARGET) * judged))
         return not r.aborted and r.goodput_fraction >= TARGET
 

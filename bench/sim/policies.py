@@ -348,13 +348,12 @@ class Predicted(_FleetWide):
     name = "predicted"
 
     def __init__(self, slo=None, usd_per_hour: Mapping[str, float] | None = None, likely_output_tokens: int = 900,
-                 headroom: float = predict.HEADROOM, strategy: str | None = None) -> None:
+                 headroom: float = predict.HEADROOM) -> None:
         self._slo = slo
         self._usd = dict(usd_per_hour or {})
         self._likely = likely_output_tokens  # a prior, until finished requests say otherwise
         self._outputs: deque[int] = deque(maxlen=256)  # completion tokens of recent finished requests
         self._headroom = headroom
-        self._strategy = strategy
 
     def choose(self, job: Job, fleet: Fleet) -> Replica | None:
         candidates = fleet.with_room()
@@ -368,10 +367,10 @@ class Predicted(_FleetWide):
             stats = engine.stats()
             views.append(predict.ReplicaView(
                 r.replica_id, r.pool, engine.profile, self._usd.get(r.pool, 1.0), fleet.cap,
-                running=stats.running, waiting=stats.waiting, queued_prefill_tokens=engine.queued_prefill_tokens(),
+                running=stats.running, waiting=stats.waiting, queued_prefill_tokens=stats.prefill_tokens,
                 kv_tokens=engine.kv_used_tokens,
                 prefix_cached_tokens=min(engine.prefix_cached(job.prefix_key), job.prefix_tokens) if job.prefix_key else 0))
-        order = predict.pick(views, request, self._headroom, self._strategy)
+        order = predict.pick(views, request, self._headroom)
         if not order:
             return None
         by_id = {r.replica_id: r for r in candidates}

@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from common.config import AppConfig
-from common.protocol import DELTA, END, ERROR, START, GenerateRequest, work_tokens
+from common.protocol import DELTA, END, ERROR, START, GenerateRequest
 from common.telemetry import attributes as A
 from common.tokens import PromptInvalid, TekkenCounter, chat_upper_bound, text_upper_bound
 from router import errors
@@ -131,9 +131,8 @@ class Pipeline:
         if not pools:
             raise errors.APIError(403, "Your API key may not use any pool this endpoint serves.",
                                   type="permission_denied", code="no_allowed_pool")
-        bound = self._upper_bound(ctx)
-        if needs_exact_count(ctx.requested_max_tokens, ctx.tenant.limits.bounds_tokens):
-            bound = None
+        exact = needs_exact_count(ctx.requested_max_tokens, ctx.tenant.limits.bounds_tokens)
+        bound = None if exact else self._upper_bound(ctx)
         outstanding = self._pool_load.snapshot_tokens()  # read on the loop, not in the thread
 
         def decide() -> Admission:
@@ -192,11 +191,10 @@ class Pipeline:
         replica to start it."""
         pool, key, rt = admission.pool, ctx.request_key, ctx.trace
         max_tokens = account.max_tokens if account.grant.clamped_from is not None else admission.max_tokens
-        prompt = admission.prompt_tokens if admission.prompt_tokens is not None else admission.prompt_tokens_bound
-        self._pool_load.book(pool, key, work_tokens(prompt, max_tokens))
         route_span, trace_context = rt.start_routing(
             key, routing_attributes(admission, admission.pool_load) if rt.span.is_recording() else {})
         job = ctx.job(admission, max_tokens, self._config.model_id, trace_context)
+        self._pool_load.book(pool, key, job.work_tokens)
         events = None
 
         def release() -> None:

@@ -133,16 +133,13 @@ HEADROOM = 0.7  # on TTFT
 TPOT_HEADROOM = 0.95
 
 
-STRATEGY = "fit"
-
-
-def rank(predictions: Iterable[Prediction], headroom: float = HEADROOM, strategy: str | None = None) -> list[Prediction]:
+def rank(predictions: Iterable[Prediction], headroom: float = HEADROOM) -> list[Prediction]:
     """Best first: candidates meeting the objectives with headroom, then the rest, least missing
-    first (ties on id keep the order fixed). Among those meeting them: `cost`, the cheapest first;
-    `fit`, the GPU class that fits the request most tightly first (a chat goes to the class that
-    just holds its objectives, leaving faster classes to what only they can serve), the least
-    loaded replica of it first, then the cheapest."""
-    strategy = strategy or STRATEGY
+    first (ties on id keep the order fixed). Among those meeting them: the GPU class that fits the
+    request most tightly first (a chat goes to the class that just holds its objectives, leaving
+    faster classes to what only they can serve), the least loaded replica of it first, then the
+    cheapest. (Cheapest class first was measured and lost: at $7/h per H100 vs $5.2/h per L40S
+    pair the H100 is cheaper per token for every request shape, so everything went there.)"""
 
     def key(q: Prediction):
         if q.ttft_ratio > headroom or q.tpot_ratio > TPOT_HEADROOM:
@@ -150,8 +147,6 @@ def rank(predictions: Iterable[Prediction], headroom: float = HEADROOM, strategy
             # prompt on a slow-prefill class stalls and preempts everything there), then replicas
             # out of room (it would preempt running sequences), then the least missing.
             return (1, q.class_fit > 1.0, q.waits_for_room, q.miss + q.harm, q.usd, q.replica_id)
-        if strategy == "cost":
-            return (0, q.usd, q.miss + q.harm, q.replica_id)
         # The same load measure for every request (its own miss would sort requests by kind:
         # chats away from long contexts, long prompts to the emptiest batch, and segregate them).
         return (0, -round(q.class_fit, 2), q.fullness, q.usd, q.replica_id)
@@ -159,7 +154,6 @@ def rank(predictions: Iterable[Prediction], headroom: float = HEADROOM, strategy
     return sorted(predictions, key=key)
 
 
-def pick(views: Iterable[ReplicaView], request: RequestShape, headroom: float = HEADROOM,
-         strategy: str | None = None) -> list[Prediction]:
+def pick(views: Iterable[ReplicaView], request: RequestShape, headroom: float = HEADROOM) -> list[Prediction]:
     """Filters, then predictions, then the order: the candidates best first (empty: none holds it)."""
-    return rank((predict(v, request) for v in views if holds(v, request)), headroom, strategy)
+    return rank((predict(v, request) for v in views if holds(v, request)), headroom)

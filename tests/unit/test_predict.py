@@ -68,21 +68,21 @@ def test_when_nothing_meets_the_objectives_the_least_missing_comes_first():
 def test_the_engine_model_reports_the_prefill_it_still_has_to_do():
     engine = EngineModel(L40S_TP2)
     engine.add("a", 5_000, 10)
-    assert engine.queued_prefill_tokens() == 5_000
+    assert engine.stats().prefill_tokens == 5_000
     engine.step()  # one 2 048-token chunk
-    assert engine.queued_prefill_tokens() == 5_000 - L40S_TP2.max_num_batched_tokens
+    assert engine.stats().prefill_tokens == 5_000 - L40S_TP2.max_num_batched_tokens
     assert engine.kv_used_tokens == L40S_TP2.max_num_batched_tokens
 
 
 def test_a_request_goes_to_the_class_that_just_holds_its_objectives():
-    """fit: a chat meets its objectives on both classes and takes the slower one, leaving the fast
+    """A chat meets its objectives on both classes and takes the slower one, leaving the fast
     one to a long document, which only the fast class can start in time."""
     h100, l40s = view("h100", profile=H100_TP1, usd=7.0), view("l40s", profile=L40S_TP2, usd=5.2)
-    assert pick([h100, l40s], CHAT, strategy="fit")[0].replica_id == "l40s"
-    assert pick([h100, l40s], DOC, strategy="fit")[0].replica_id == "h100"
+    assert pick([h100, l40s], CHAT)[0].replica_id == "l40s"
+    assert pick([h100, l40s], DOC)[0].replica_id == "h100"
     assert not predict(l40s, DOC).meets  # 16k tokens in 2 048-token chunks: over 2.6 s even idle
     busy_l40s = view("l40s", profile=L40S_TP2, usd=5.2, running=L40S_TP2.max_num_seqs, kv_tokens=180_000)
-    assert pick([h100, busy_l40s], CHAT, strategy="fit")[0].replica_id == "h100"  # fit yields to load
+    assert pick([h100, busy_l40s], CHAT)[0].replica_id == "h100"  # fit yields to load
 
 
 def test_replicas_of_a_class_are_ranked_by_one_load_measure_whatever_the_request():
