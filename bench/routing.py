@@ -25,8 +25,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -257,7 +255,7 @@ def main() -> None:
     sim_ratio = sim_by_policy["router"]["goodput_rps"] / max(sim_by_policy["pow2"]["goodput_rps"], 1e-9)
     write_json("routing", {"quick": args.quick, "time_scale": TIME_SCALE, "local_fleet": FLEET,
                            "local_rate_rps": args.rate, "local_duration_s": duration, "workload": workload,
-                           "slo": SLO().__dict__, "local": local, "simulator": sim,
+                           "slo": SLO().model_dump(), "local": local, "simulator": sim,
                            "goodput_ratio_vs_pow2": ratio, "sim_goodput_ratio_vs_pow2": sim_ratio})
     plot(local, sim)
     print(f"routing goodput_ratio_vs_pow2={ratio:.3f} sim_goodput_ratio_vs_pow2={sim_ratio:.3f}")

@@ -99,6 +99,23 @@ class Autoscaling(BaseModel):
         return self
 
 
+class Objectives(BaseModel):
+    """The latency a request should get, which routing predicts against (and benchmarks judge by).
+
+    Time to first token: `ttft_base_s` plus a prefill allowance per prompt token, so a long
+    document is judged fairly; time per output token: `tpot_s` (0.08 s = 12.5 tokens/s, reading
+    speed, and a long <think> trace still finishes in minutes).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ttft_base_s: float = Field(1.0, gt=0)
+    ttft_prefill_tokens_per_s: float = Field(10_000.0, gt=0)
+    tpot_s: float = Field(0.080, gt=0)
+
+    def ttft_limit_s(self, prompt_tokens: int) -> float:
+        return self.ttft_base_s + prompt_tokens / self.ttft_prefill_tokens_per_s
+
+
 class PoolConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -114,8 +131,22 @@ class PoolConfig(BaseModel):
     # token_load: ours (router/request_router.py). power_of_two: Ray Serve's default router;
     # round_robin: each replica in turn. The last two are baselines for bench/routing.py.
     request_router: Literal["token_load", "power_of_two", "round_robin"] = "token_load"
+    # The engine model that predicts this pool's latency (common.engine_model.PROFILES); a stub
+    # pool defaults to the profile it runs. Without one the pool is routed by the length rule.
+    gpu_profile: GPUName | None = None
+    usd_per_hour: float = Field(0.0, ge=0)  # price of one replica (all its GPUs): the tie-break between classes
     routing_stats_period_s: float = Field(0.2, gt=0)
     engine: StubEngine | VLLMEngine = Field(default_factory=StubEngine, discriminator="kind")
+
+    @property
+    def profile_name(self) -> str | None:
+        """The engine model profile routing predicts this pool with (None: not predicted)."""
+        if self.gpu_profile is not None:
+            return self.gpu_profile
+        engine = self.engine
+        if isinstance(engine, StubEngine) and isinstance(engine.gpu, str):
+            return engine.gpu
+        return None
 
     def serve_scaling(self) -> dict[str, Any]:
         """Serve deployment options for the replica count."""
@@ -153,6 +184,12 @@ class AppConfig(BaseModel):
     # once at deploy time (build_app) into `system_prompt`.
     system_prompt_file: str | None = None
     system_prompt: str | None = None
+    # predicted: each request goes to the replica, of any pool that holds it, whose engine model
+    # predicts it meets `objectives` best (router/routing/predict.py). length_spill: the previous
+    # rule (first pool in config order that holds the prompt, spill on outstanding tokens), kept
+    # as a baseline for bench/routing.py.
+    routing: Literal["predicted", "length_spill"] = "predicted"
+    objectives: Objectives = Field(default_factory=Objectives)
     pools: list[PoolConfig] = Field(min_length=1)  # cheapest first
 
     @model_validator(mode="after")

@@ -26,7 +26,9 @@ cached blocks in the free part of the KV pool, per block); no speculative decodi
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from common import protocol as P
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,14 @@ class GPUProfile:
         return (self.base_s + self.prefill_s_per_token * prefill_tokens
                 + self.decode_s_per_seq * decoding_seqs
                 + self.attention_s_per_kv_token * kv_tokens_in_batch)
+
+    def scaled(self, time_scale: float) -> "GPUProfile":
+        """The same engine run `time_scale` times faster (a stub's time_scale): every time divided."""
+        if time_scale == 1.0:
+            return self
+        return replace(self, base_s=self.base_s / time_scale, prefill_s_per_token=self.prefill_s_per_token / time_scale,
+                       decode_s_per_seq=self.decode_s_per_seq / time_scale,
+                       attention_s_per_kv_token=self.attention_s_per_kv_token / time_scale)
 
 
 # Calibration. ESTIMATES from public specifications and roofline arithmetic, not measurements:
@@ -166,6 +176,12 @@ class EngineStats:
     kv_usage: float  # 0..1 of kv_capacity_tokens
     queued_tokens: int  # prompt tokens not yet in KV + completion tokens not yet generated
     prefill_tokens: int = 0  # prefill still to do: prompt (and, after a preemption, generated) tokens not in KV
+
+
+def published_stats(stats: EngineStats, profile: str, time_scale: float = 1.0) -> dict:
+    """What a replica running this engine publishes with its routing stats (common.protocol)."""
+    return {P.STAT_RUNNING: stats.running, P.STAT_WAITING: stats.waiting, P.STAT_KV_USAGE: stats.kv_usage,
+            P.STAT_PREFILL_TOKENS: stats.prefill_tokens, P.STAT_GPU_PROFILE: profile, P.STAT_TIME_SCALE: time_scale}
 
 
 @dataclass(eq=False)

@@ -15,6 +15,16 @@ START, DELTA, END, ERROR = "start", "delta", "end", "error"
 # Routing stats every replica publishes through `record_routing_stats` (read by TokenLoadRouter).
 STAT_QUEUED_TOKENS = "queued_tokens"  # prompt + expected completion tokens of requests it holds
 STAT_ONGOING_REQUESTS = "ongoing_requests"
+# What the latency predictor reads (router/routing/fleet_view.py): the engine's state, the GPU
+# class whose engine model predicts it, and when the stats were taken (the router adds its own
+# dispatches since then).
+STAT_GPU_PROFILE = "gpu_profile"  # a common.engine_model.PROFILES name
+STAT_TIME_SCALE = "gpu_time_scale"  # a stub running its profile this many times faster
+STAT_RUNNING = "engine_running"
+STAT_WAITING = "engine_waiting"
+STAT_PREFILL_TOKENS = "engine_prefill_tokens"  # prompt tokens of held requests not yet computed
+STAT_KV_USAGE = "kv_cache_usage"  # 0..1
+STAT_TIME = "stats_time"  # time.time() when taken
 
 # Completion tokens a request is expected to generate, for load estimates only: max_tokens is
 # often the whole remaining context, which says little about the work actually queued.
@@ -40,6 +50,9 @@ class GenerateRequest:
     model: str = ""  # the served model id (span names and attributes)
     request_key: str = ""  # the ingress's unique key for this request (its ledger row)
     trace_context: dict[str, str] = field(default_factory=dict)  # W3C traceparent of the routing span
+    # The pool's replicas best first, as the ingress predicted them (router/routing/placer.py);
+    # the pool's RequestRouter ranks them so (empty: it ranks by load alone).
+    preferred_replicas: list[str] = field(default_factory=list)
 
     @property
     def work_tokens(self) -> int:

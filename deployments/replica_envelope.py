@@ -25,13 +25,14 @@ which only the replicas call): tests drive it with a local tracer and fakes, wit
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from opentelemetry import trace
 
-from common.protocol import GenerateRequest, start_event
+from common.protocol import DELTA, END, STAT_TIME, GenerateRequest, start_event
 from common.telemetry.replica_span import GenerationSpan
 from deployments.replica_load import ReplicaIdentity, ReplicaLoadTracker
 
@@ -51,6 +52,16 @@ class Admission:
 # admit(request, trace_carrier) -> Admission, or the error event that refuses the request.
 # trace_carrier: W3C headers whose parent is the replica's span (for an engine that traces).
 Admit = Callable[[GenerateRequest, dict[str, str]], Admission | dict]
+
+
+def prompt_estimate(request: GenerateRequest, admission: Admission) -> int:
+    """The prompt's tokens as far as known here: the count, else the router's byte bound over 4
+    (Tekken's ~4 bytes per token of English), for the prefill-queued estimate only."""
+    if admission.prompt_tokens is not None:
+        return admission.prompt_tokens
+    if request.prompt_tokens is not None:
+        return request.prompt_tokens
+    return request.prompt_tokens_bound // 4
 
 
 class GaugeSink(Protocol):
@@ -73,13 +84,17 @@ class ReplicaEnvelope:
             yield admission
             return
         work = request.work_tokens
-        self.load.begin(work)
+        prefill = prompt_estimate(request, admission)
+        self.load.begin(work, prefill)
         cancelled, failure = True, None
         try:
             yield start_event(**self.identity.as_dict(), prompt_tokens=admission.prompt_tokens,
                               max_tokens=admission.max_tokens)
             async with contextlib.aclosing(admission.events) as events:  # closed with us
                 async for event in events:
+                    if prefill and event["event"] in (DELTA, END):
+                        self.load.prefilled(prefill)
+                        prefill = 0
                     span.observe(event)
                     yield event
             cancelled = False
@@ -88,13 +103,14 @@ class ReplicaEnvelope:
             raise
         finally:
             generated = admission.generated() if admission.generated is not None else None
-            self.load.end(work, cancelled=cancelled, generated=generated or 0)
+            self.load.end(work, cancelled=cancelled, generated=generated or 0, unprefilled_tokens=prefill)
             span.end(cancelled=cancelled, generated=generated if cancelled else None, error=failure)
 
     def routing_stats(self, engine_stats: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
         """What record_routing_stats returns (Serve calls it every stats period, so the gauges are
         refreshed with it). base: stats the replica's base class publishes, overridden by ours."""
-        stats = {**(base or {}), **self.identity.as_dict(), **self.load.routing_stats(), **engine_stats}
+        stats = {**(base or {}), **self.identity.as_dict(), **self.load.routing_stats(), **engine_stats,
+                 STAT_TIME: time.time()}
         self._metrics.update(stats)
         return stats
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import ray
 from ray import serve
 
-from common.protocol import STAT_ONGOING_REQUESTS, STAT_QUEUED_TOKENS
+from common.protocol import STAT_ONGOING_REQUESTS, STAT_PREFILL_TOKENS, STAT_QUEUED_TOKENS
 
 
 @dataclass
@@ -17,14 +17,23 @@ class ReplicaLoadTracker:
     completed: int = 0
     cancelled: int = 0
     cancelled_completion_tokens: int = 0  # generated for requests cancelled before they finished
+    # Prompt tokens of held requests that have no first token yet: the prefill queued here, as an
+    # engine that does not report its own (vLLM's runs in another process) is seen from outside.
+    prefill_tokens: int = 0
 
-    def begin(self, work_tokens: int) -> None:
+    def begin(self, work_tokens: int, prompt_tokens: int = 0) -> None:
         self.queued_tokens += work_tokens
         self.ongoing_requests += 1
+        self.prefill_tokens += prompt_tokens
 
-    def end(self, work_tokens: int, *, cancelled: bool, generated: int = 0) -> None:
+    def prefilled(self, prompt_tokens: int) -> None:
+        """The request's first token came: its prompt is no longer queued prefill."""
+        self.prefill_tokens -= prompt_tokens
+
+    def end(self, work_tokens: int, *, cancelled: bool, generated: int = 0, unprefilled_tokens: int = 0) -> None:
         self.queued_tokens -= work_tokens
         self.ongoing_requests -= 1
+        self.prefill_tokens -= unprefilled_tokens
         if cancelled:
             self.cancelled += 1
             self.cancelled_completion_tokens += generated
@@ -32,7 +41,8 @@ class ReplicaLoadTracker:
             self.completed += 1
 
     def routing_stats(self) -> dict[str, int]:
-        return {STAT_QUEUED_TOKENS: self.queued_tokens, STAT_ONGOING_REQUESTS: self.ongoing_requests}
+        return {STAT_QUEUED_TOKENS: self.queued_tokens, STAT_ONGOING_REQUESTS: self.ongoing_requests,
+                STAT_PREFILL_TOKENS: self.prefill_tokens}
 
     def totals(self) -> dict[str, int]:
         return {"completed": self.completed, "cancelled": self.cancelled,

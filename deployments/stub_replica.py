@@ -26,8 +26,8 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from deployments.engine_loop import EngineLoop
-from common.engine_model import PROFILES
-from common.protocol import GenerateRequest, delta_event, end_event, error_event
+from common.engine_model import PROFILES, published_stats
+from common.protocol import STAT_KV_USAGE, STAT_RUNNING, STAT_WAITING, GenerateRequest, delta_event, end_event, error_event
 from deployments.reasoning_split import RawText, ThinkSplitter
 from deployments.replica_envelope import Admission, ReplicaEnvelope
 from deployments.replica_load import ReplicaIdentity
@@ -62,6 +62,7 @@ class StubReplica:
         self._prefill_rate = float(prefill_tokens_per_s)
         self._decode_s = float(decode_ms_per_token) / 1000.0
         self._engine = EngineLoop(PROFILES[gpu], time_scale) if gpu else None
+        self._gpu, self._time_scale = gpu, time_scale
         self._emit_interval_s = float(emit_interval_ms) / 1000.0
         self._counter = TekkenCounter(tokenizer_path)
         self._filler = self._counter.encode_text(FILLER_TEXT, bos=False)
@@ -224,10 +225,8 @@ class StubReplica:
         """The keys the vLLM replica publishes; a fixed-rate stub runs everything it holds."""
         if self._engine is None:
             ongoing = self._envelope.load.ongoing_requests
-            return {"engine_running": ongoing, "engine_waiting": 0, "kv_cache_usage": 0.0}
-        s = self._engine.stats()
-        return {"engine_running": s.running, "engine_waiting": s.waiting, "kv_cache_usage": s.kv_usage,
-                "engine_steps": self._engine.steps}
+            return {STAT_RUNNING: ongoing, STAT_WAITING: 0, STAT_KV_USAGE: 0.0}
+        return {**published_stats(self._engine.stats(), self._gpu, self._time_scale), "engine_steps": self._engine.steps}
 
     def stats(self) -> dict:
         """For tests and operators: what this replica holds and has done."""

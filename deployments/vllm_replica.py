@@ -23,7 +23,8 @@ from ray.llm._internal.serve.core.protocol import RawRequestInfo  # private in r
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
-from common.protocol import GenerateRequest, delta_event, end_event, error_event
+from common.protocol import (STAT_GPU_PROFILE, STAT_KV_USAGE, STAT_RUNNING, STAT_WAITING, GenerateRequest,
+                             delta_event, end_event, error_event)
 from deployments.replica_envelope import Admission, ReplicaEnvelope
 from deployments.replica_load import ReplicaIdentity
 from deployments.vllm_config import llm_config_kwargs
@@ -122,8 +123,11 @@ def _summary(exc: Exception) -> str:
 
 
 class MagistralLLMServer(LLMServer):
-    async def __init__(self, llm_config: LLMConfig, *, pool: str, accelerator: str, **kwargs: Any):
+    async def __init__(self, llm_config: LLMConfig, *, pool: str, accelerator: str, gpu_profile: str | None = None,
+                       **kwargs: Any):
         self._model_id = llm_config.model_id
+        # The engine model routing predicts this replica with (none: the router's length rule).
+        self._profile = {STAT_GPU_PROFILE: gpu_profile} if gpu_profile else {}
         self._sched = _LatestSchedulerStats()
         # Ours first: vLLM then finds a global TracerProvider set and its llm_request spans go
         # through our exporter, as children of the span whose context we pass as trace headers.
@@ -203,9 +207,10 @@ class MagistralLLMServer(LLMServer):
     def _engine_stats(self) -> dict[str, Any]:
         return {
             "engine_unfinished": self._client.get_num_unfinished_requests(),
-            "engine_running": self._sched.running,
-            "engine_waiting": self._sched.waiting,
-            "kv_cache_usage": self._sched.kv_cache_usage,
+            STAT_RUNNING: self._sched.running,
+            STAT_WAITING: self._sched.waiting,
+            STAT_KV_USAGE: self._sched.kv_cache_usage,
+            **self._profile,
         }
 
     async def stats(self) -> dict[str, Any]:
@@ -223,6 +228,6 @@ def build_vllm_pool(pool: PoolConfig, config: AppConfig, serve_options: dict):
     return build_llm_deployment(
         llm_config,
         deployment_cls=MagistralLLMServer,
-        bind_kwargs={"pool": pool.name, "accelerator": pool.accelerator},
+        bind_kwargs={"pool": pool.name, "accelerator": pool.accelerator, "gpu_profile": pool.profile_name},
         override_serve_options=serve_options,
     )

@@ -12,7 +12,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from router.context_cap import OverflowPolicy, apply_cap
+from router.routing.placer import Placement
 from router.routing.pools import PoolChoice, PoolLimits, choose_pool, largest_context, pools_that_hold
+
+# The byte bound overstates tokens (Tekken averages ~4 bytes per token of English, 3 of CJK); a
+# prediction from an uncounted prompt uses the bound over this. The replica still counts exactly.
+BOUND_BYTES_PER_TOKEN = 4
 
 
 @dataclass(frozen=True)
@@ -68,20 +73,26 @@ def admit(
     outstanding_tokens: Mapping[str, int],
     cap: int,
     policy: OverflowPolicy,
+    place: Callable[[int, Sequence[PoolLimits]], Placement | None] | None = None,
 ) -> Admission:
     """Decide a request. Raises ContextLengthExceeded (-> HTTP 400) with the real counts.
 
     upper_bound: from common.tokens, None when there is no cheap bound (always count then).
+    place: the predicted placement (router/routing/placer.py), given the prompt's likely tokens
+    and the pools that hold it.
     """
     cap = effective_cap(pools, cap)
     if bound_decides(upper_bound, max_tokens, pools, cap):
-        choice = choose_pool(upper_bound, max_tokens, pools, outstanding_tokens, cap)
+        likely = max(1, upper_bound // BOUND_BYTES_PER_TOKEN)
+        choice = choose_pool(upper_bound, max_tokens, pools, outstanding_tokens, cap,
+                             None if place is None else lambda fitting: place(likely, fitting))
         return Admission(choice, None, upper_bound, max_tokens, choice.pool.context_limit(cap),
                          pool_load=outstanding_tokens)
 
     exact = count_exact()
     budget = apply_cap(exact, max_tokens, cap, policy)
-    choice = choose_pool(exact, budget.max_tokens, pools, outstanding_tokens, cap)
+    choice = choose_pool(exact, budget.max_tokens, pools, outstanding_tokens, cap,
+                         None if place is None else lambda fitting: place(exact, fitting))
     limit = choice.pool.context_limit(cap)
     granted = budget.max_tokens if budget.max_tokens is not None else limit - exact
     return Admission(choice, exact, exact, granted, limit, budget.clamped_from, pool_load=outstanding_tokens)

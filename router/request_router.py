@@ -1,4 +1,5 @@
-"""Ray Serve RequestRouter that ranks a pool's replicas by outstanding work in tokens.
+"""Ray Serve RequestRouter that ranks a pool's replicas as the ingress predicted, then by
+outstanding work in tokens.
 
 Thin adapter over router.routing.load_book (the booking rule the fleet simulator runs too): it
 reads the replicas' `routing_stats` (published by their `record_routing_stats`) and its own book,
@@ -19,6 +20,7 @@ from typing import Any
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from common.protocol import STAT_ONGOING_REQUESTS, STAT_QUEUED_TOKENS
+from router import fleet_stats
 from router.routing.load_book import LoadBook, Metric, ReplicaLoad, ranked
 from router.telemetry import routing_spans
 
@@ -32,12 +34,20 @@ def request_work_tokens(pending_request: PendingRequest | None) -> int:
     return int(getattr(pending_request.args[0], "work_tokens", 0) or 0)
 
 
+def preferred(pending_request: PendingRequest) -> list[str]:
+    """The replicas the ingress predicted best, in order (empty: rank by load alone)."""
+    if not pending_request.args:
+        return []
+    return list(getattr(pending_request.args[0], "preferred_replicas", None) or [])
+
+
 class TokenLoadRouter(RequestRouter):
     def initialize_state(self, metric: Metric = "tokens", **_: Any) -> None:
         if metric not in ("tokens", "requests"):
             raise ValueError(f"metric must be 'tokens' or 'requests', not {metric!r}")
         self._metric: Metric = metric
         self._book = LoadBook()
+        fleet_stats.register(self._deployment_id, self)  # the ingress's predicted placement reads every pool
 
     def _load(self, replica: RunningReplica) -> ReplicaLoad:
         stats = replica.routing_stats or {}
@@ -59,7 +69,7 @@ class TokenLoadRouter(RequestRouter):
             available = {r.replica_id.unique_id for r in self.select_available_replicas(candidate_replicas)}
             request_id = pending_request.metadata.internal_request_id
             order = self._book.rank_and_book(request_id, request_work_tokens(pending_request), loads,
-                                             available.__contains__, self._metric)
+                                             available.__contains__, self._metric, preferred(pending_request))
             # Serve reports no completion for a request cancelled before it was sent; it may retry
             # with a fresh future, so hook whichever this attempt waits on (release is idempotent).
             pending_request.future.add_done_callback(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.workload import CONTEXT_CAP
+from common.config import Objectives
 from common.engine_model import H100_TP1, L40S_TP2, GPUProfile
 from router.routing.pools import PoolLimits
 
@@ -61,11 +62,5 @@ def fleet_usd_per_hour(fleet: Sequence[PoolSpec]) -> float:
     return sum(p.replicas * p.hourly_usd for p in fleet)
 
 
-@dataclass(frozen=True)
-class SLO:
-    ttft_base_s: float = 1.0  # a chat should start answering within a second...
-    ttft_prefill_tokens_per_s: float = 10_000.0  # ...plus a prefill allowance so long documents are judged fairly
-    tpot_s: float = 0.080  # 12.5 tokens/s: reading speed, and long <think> traces still finish in minutes
-
-    def ttft_limit_s(self, prompt_tokens: int) -> float:
-        return self.ttft_base_s + prompt_tokens / self.ttft_prefill_tokens_per_s
+# What a request must get to count as goodput: the objectives the live router predicts against.
+SLO = Objectives

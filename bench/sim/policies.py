@@ -17,9 +17,9 @@ policy obeys each replica's max_ongoing_requests; only the pool-aware ones obey 
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,7 +27,8 @@ from typing import Any, Protocol
 from bench.workload import CONTEXT_CAP, Job
 from common.protocol import work_tokens
 from router.context_cap import ContextLengthExceeded
-from router.routing import predict
+from common.engine_model import published_stats
+from router.routing.placer import Placer, PoolTerms
 from router.routing.load_book import LoadBook, score
 from router.routing.pools import PoolLimits, choose_pool
 
@@ -340,47 +341,46 @@ class PrefixAffinity(_FleetWide):
 
 
 class Predicted(_FleetWide):
-    """router.routing.predict over every replica of every pool, fed from each replica's engine
-    model (what a replica publishes: running, waiting, queued prefill, KV in use, cached prefix).
-    Pool limits follow the hardware (every replica whose KV holds the context serves it), as for
-    pow2. Prototype: not yet the live router's policy."""
+    """The live router's predicted placement (router.routing.placer.Placer), run through its own
+    code: every replica of every pool publishes what the stub replica publishes from its engine
+    model (common.engine_model.published_stats), the placer turns those rows into views and
+    predicts. Pool limits follow the hardware (every replica whose KV holds the context serves
+    it), as for pow2. The simulator's stats are never stale, so no dispatch is added to them."""
 
     name = "predicted"
 
-    def __init__(self, slo=None, usd_per_hour: Mapping[str, float] | None = None, likely_output_tokens: int = 900,
-                 headroom: float = predict.HEADROOM) -> None:
+    def __init__(self, slo=None, usd_per_hour: Mapping[str, float] | None = None) -> None:
         self._slo = slo
         self._usd = dict(usd_per_hour or {})
-        self._likely = likely_output_tokens  # a prior, until finished requests say otherwise
-        self._outputs: deque[int] = deque(maxlen=256)  # completion tokens of recent finished requests
-        self._headroom = headroom
+        self._placer: Placer | None = None
+
+    def _placer_for(self, fleet: Fleet) -> Placer:
+        if self._placer is None:
+            terms = {pool: PoolTerms(pool, replicas[0].engine.profile, self._usd.get(pool, 1.0), fleet.cap)
+                     for pool, replicas in fleet.by_pool.items() if replicas}
+            self._placer = Placer(terms, self._slo)
+        return self._placer
 
     def choose(self, job: Job, fleet: Fleet) -> Replica | None:
         candidates = fleet.with_room()
         if not candidates:
             return None
-        slo = self._slo
-        request = predict.RequestShape(job.prompt_tokens, self._likely, slo.ttft_limit_s(job.prompt_tokens), slo.tpot_s)
-        views = []
-        for r in candidates:
-            engine = r.engine
-            stats = engine.stats()
-            views.append(predict.ReplicaView(
-                r.replica_id, r.pool, engine.profile, self._usd.get(r.pool, 1.0), fleet.cap,
-                running=stats.running, waiting=stats.waiting, queued_prefill_tokens=stats.prefill_tokens,
-                kv_tokens=engine.kv_used_tokens,
-                prefix_cached_tokens=min(engine.prefix_cached(job.prefix_key), job.prefix_tokens) if job.prefix_key else 0))
-        order = predict.pick(views, request, self._headroom)
-        if not order:
+        placer = self._placer_for(fleet)
+        rows = [(r.pool, r.replica_id, published_stats(r.engine.stats(), r.engine.profile.name)) for r in candidates]
+        views = placer.views(rows, now=0.0)
+        if job.prefix_key:  # the engine's own prefix cache (to be replaced by the router's memory of prefixes)
+            by_id = {r.replica_id: r for r in candidates}
+            views = [dataclasses.replace(v, prefix_cached_tokens=min(
+                by_id[v.replica_id].engine.prefix_cached(job.prefix_key), job.prefix_tokens)) for v in views]
+        placement = placer.place(views, job.prompt_tokens, fleet.by_pool.keys())
+        if placement is None:
             return None
-        by_id = {r.replica_id: r for r in candidates}
-        return by_id[order[0].replica_id]
+        return next(r for r in candidates if r.replica_id == placement.chosen.replica_id)
 
     def on_finish(self, job: Job, replica: Replica) -> None:
-        """The router sees each answer's completion tokens: the likely output is their median."""
-        self._outputs.append(job.output_tokens)
-        if len(self._outputs) >= 16 and len(self._outputs) % 16 == 0:
-            self._likely = int(sorted(self._outputs)[len(self._outputs) // 2])
+        """The router sees each answer's completion tokens (the likely output learns from them)."""
+        if self._placer is not None:
+            self._placer.finished(job.output_tokens)
 
 
 POLICIES = ("round_robin", "pow2", "length_only", "router")

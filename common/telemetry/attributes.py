@@ -50,7 +50,7 @@ QUOTA_CLAMPED_FROM = "magistral.quota.clamped_from"
 
 # Routing
 POOL = "magistral.pool"
-ROUTING_REASON = "magistral.routing.reason"  # preferred | spilled | all_saturated
+ROUTING_REASON = "magistral.routing.reason"  # predicted | preferred | spilled | all_saturated
 ROUTING_DETAIL = "magistral.routing.detail"
 CANDIDATE_POOLS = "magistral.routing.candidate_pools"
 POOL_OUTSTANDING = "magistral.routing.candidate_pools.outstanding_tokens"
@@ -59,6 +59,17 @@ REPLICA_SCORES = "magistral.routing.candidate_replicas.outstanding_tokens"
 REPLICA_REQUESTS = "magistral.routing.candidate_replicas.ongoing_requests"
 ROUTING_ATTEMPTS = "magistral.routing.attempts"
 CHOSEN_REPLICA = "magistral.routing.chosen_replica"
+# Predicted placement (router/routing/predict.py): every candidate of every pool, best first, with
+# its predicted TTFT (s) and TPOT (s), and the correction factor the chosen one's GPU class had;
+# the TTFT the request really got (from dispatch) is on the request's span.
+PREDICTED_REPLICAS = "magistral.routing.predicted.replicas"
+PREDICTED_POOLS = "magistral.routing.predicted.pools"
+PREDICTED_TTFT = "magistral.routing.predicted.ttft_s"
+PREDICTED_TPOT = "magistral.routing.predicted.tpot_s"
+PREDICTED_MEETS = "magistral.routing.predicted.meets"
+LIKELY_OUTPUT = "magistral.routing.predicted.likely_output_tokens"
+TTFT_CORRECTION = "magistral.routing.predicted.ttft_correction"
+ACTUAL_TTFT = "magistral.routing.actual_ttft_s"
 
 # Where the request ran
 REPLICA_ID = "magistral.replica.id"  # Serve replica id (the x-replica header)

@@ -22,7 +22,7 @@ from common.config import AppConfig
 from common.telemetry import attributes as A
 from common.telemetry.otel_setup import configure_tracing
 from common.tokens import TekkenCounter
-from router import errors
+from router import errors, fleet_stats
 from router.http.body_limit import BodyLimitMiddleware
 from router.http.errors import (ANTHROPIC_ERRORS, GENERATION_ERRORS, AnthropicError, cost_header, documented,
                                 from_tenancy, render)
@@ -141,8 +141,12 @@ class RouterIngress:
         self._pools = pools
         self._counter = TekkenCounter(self._config.tokenizer_path)
         self._model_ids = set(self._config.served_model_ids())
+        # Made now, so each pool's RequestRouter starts receiving its replicas' stats before the
+        # first request (the predicted placement reads them all: router/fleet_stats.py).
+        streams = {name: handle.options(stream=True) for name, handle in pools.items()}
         self._pipeline = Pipeline(self._config, self._gate, self._counter,
-                                  lambda pool, job: pools[pool].options(stream=True).generate.remote(job))
+                                  lambda pool, job: streams[pool].generate.remote(job),
+                                  fleet_stats=lambda: fleet_stats.rows(pools))
 
     # ---- routes -------------------------------------------------------------------------
     @app.get("/health", responses={503: {"description": "A pool has no ready replica."}})

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -30,7 +31,8 @@ from router.admission import Admission, admit, needs_exact_count
 from router.context_cap import ContextLengthExceeded
 from router.pipeline.context import RequestContext
 from router.routing.load_book import LoadBook
-from router.routing.pools import allowed_pools, pool_limits
+from router.routing.placer import Placement, Placer, pool_terms
+from router.routing.pools import PoolLimits, allowed_pools, pool_limits
 from router.telemetry.span_attributes import admission_attributes, quota_attributes, routing_attributes
 from router.tenancy.errors import QuotaRefused
 from router.tenancy.gate import TenancyGate
@@ -106,11 +108,54 @@ def guard_prompt(step: Callable[[], Any]) -> Any:
         raise errors.APIError(400, f"Invalid messages: {exc}", param="messages", code="invalid_messages") from exc
 
 
+FleetStats = Callable[[], Iterable[tuple[str, str, Mapping]]]  # (pool, replica id, its routing stats)
+
+
+class _Watched:
+    """A replica's events, on their way telling the placer what it predicted for: where the
+    request started, when its first token came (the TTFT correction; also on the routing span),
+    and how long the answer was (the likely output)."""
+
+    def __init__(self, events: EventStream, placer: Placer, placement: Placement, key: str, dispatched_at: float,
+                 clock: Callable[[], float], span) -> None:
+        self._events, self._placer, self._placement, self._key = events, placer, placement, key
+        self._at, self._clock, self._span = dispatched_at, clock, span
+        self._replica: str | None = None
+
+    def __aiter__(self) -> "_Watched":
+        return self
+
+    async def __anext__(self) -> dict:
+        event = await self._events.__anext__()
+        kind = event["event"]
+        if kind == START:
+            self._replica = event.get("replica")
+            if self._replica:
+                self._placer.started(self._key, self._replica)
+        elif kind == DELTA and self._at is not None:
+            ttft = self._clock() - self._at
+            self._at = None
+            if self._replica:
+                self._placer.first_token(self._placement, self._replica, ttft)
+            self._span.set_attribute(A.ACTUAL_TTFT, round(ttft, 4))
+        elif kind == END and event.get("completion_tokens") is not None:
+            self._placer.finished(int(event["completion_tokens"]))
+        return event
+
+    def cancel(self) -> None:
+        self._events.cancel()
+
+
 class Pipeline:
-    def __init__(self, config: AppConfig, gate: TenancyGate, counter: TekkenCounter, dispatch: Dispatch):
+    def __init__(self, config: AppConfig, gate: TenancyGate, counter: TekkenCounter, dispatch: Dispatch,
+                 fleet_stats: FleetStats = tuple, clock: Callable[[], float] = time.time):
         self._config, self._gate, self._counter, self._dispatch = config, gate, counter, dispatch
         self._limits = pool_limits(config)
         self._pool_load = LoadBook()  # outstanding tokens this ingress sent to each pool
+        # Predicted placement over every replica that publishes its engine's state (the length
+        # rule decides while none has, and under routing: length_spill).
+        self.placer = Placer(pool_terms(config), config.objectives) if config.routing == "predicted" else None
+        self._fleet_stats, self._clock = fleet_stats, clock
 
     async def run(self, ctx: RequestContext, answer_for: Callable[[Admission], Answer]) -> WholeAnswer | StreamedAnswer:
         with ctx.trace.step("admission") as span:
@@ -134,11 +179,12 @@ class Pipeline:
         exact = needs_exact_count(ctx.requested_max_tokens, ctx.tenant.limits.bounds_tokens)
         bound = None if exact else self._upper_bound(ctx)
         outstanding = self._pool_load.snapshot_tokens()  # read on the loop, not in the thread
+        place = self._place_over_snapshot()
 
         def decide() -> Admission:
             return admit(upper_bound=bound, count_exact=lambda: self._count(ctx), max_tokens=ctx.requested_max_tokens,
                          pools=pools, outstanding_tokens=outstanding, cap=self._config.context_cap,
-                         policy=self._config.overflow_policy)
+                         policy=self._config.overflow_policy, place=place)
 
         try:
             if bound is None or bound > COUNT_IN_THREAD_ABOVE_BYTES:
@@ -152,6 +198,17 @@ class Pipeline:
             guard_prompt(lambda: self._counter.validate_chat(ctx.messages, ctx.tools))
         ctx.trace.record.pool, ctx.trace.record.routing_reason = admission.pool, admission.choice.kind
         return admission
+
+    def _place_over_snapshot(self) -> Callable[[int, Sequence[PoolLimits]], Placement | None] | None:
+        """The placement over the replicas' stats as they are now (taken on the loop: the
+        decision may run in a thread)."""
+        if self.placer is None:
+            return None
+        views = self.placer.views(self._fleet_stats(), self._clock())
+        if not views:
+            return None
+        placer = self.placer
+        return lambda tokens, fitting: placer.place(views, tokens, {p.name for p in fitting})
 
     def _upper_bound(self, ctx: RequestContext) -> int | None:
         if ctx.exact:
@@ -193,9 +250,14 @@ class Pipeline:
         max_tokens = account.max_tokens if account.grant.clamped_from is not None else admission.max_tokens
         route_span, trace_context = rt.start_routing(
             key, routing_attributes(admission, admission.pool_load) if rt.span.is_recording() else {})
-        job = ctx.job(admission, max_tokens, self._config.model_id, trace_context)
+        placement = admission.choice.placement
+        job = ctx.job(admission, max_tokens, self._config.model_id, trace_context,
+                      placement.replicas if placement else ())
         self._pool_load.book(pool, key, job.work_tokens)
         events = None
+        dispatched_at = self._clock()
+        if placement is not None:
+            self.placer.dispatched(placement, key, dispatched_at)
 
         def release() -> None:
             self._pool_load.release(key)
@@ -204,6 +266,8 @@ class Pipeline:
 
         try:
             events = self._dispatch(pool, job)
+            if placement is not None:
+                events = _Watched(events, self.placer, placement, key, dispatched_at, self._clock, rt.span)
             start = await events.__anext__()
         except Exception as exc:
             rt.routed(key, route_span, None, exc)

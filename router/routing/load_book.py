@@ -49,9 +49,11 @@ def score(load: ReplicaLoad, metric: Metric = "tokens") -> tuple[int, ...]:
     return (load.requests,)
 
 
-def ranked(loads: Iterable[ReplicaLoad], metric: Metric = "tokens") -> list[ReplicaLoad]:
-    """Least loaded first (stable on id so equal loads keep a fixed order)."""
-    return sorted(loads, key=lambda l: (score(l, metric), l.replica_id))
+def ranked(loads: Iterable[ReplicaLoad], metric: Metric = "tokens", first: Sequence[str] = ()) -> list[ReplicaLoad]:
+    """`first` in its order (the predicted placement's), then the least loaded (stable on id so
+    equal loads keep a fixed order)."""
+    place = {rid: i for i, rid in enumerate(first)}
+    return sorted(loads, key=lambda l: (place.get(l.replica_id, len(place)), score(l, metric), l.replica_id))
 
 
 def rank(loads: Iterable[ReplicaLoad], metric: Metric = "tokens") -> list[str]:
@@ -107,10 +109,11 @@ class LoadBook:
         return ReplicaLoad(key, reported_tokens, reported_requests, self.tokens(key), self.requests(key))
 
     def rank_and_book(self, request_id: str, work: int, loads: Iterable[ReplicaLoad],
-                      has_room: Callable[[str], bool], metric: Metric = "tokens") -> list[ReplicaLoad]:
+                      has_room: Callable[[str], bool], metric: Metric = "tokens",
+                      first: Sequence[str] = ()) -> list[ReplicaLoad]:
         """The rule in one call: rank the candidates, book the work on the expected pick.
         Returns the ranking (best first)."""
-        order = ranked(loads, metric)
+        order = ranked(loads, metric, first)
         if order:
             self.book(booking_target([l.replica_id for l in order], has_room), request_id, work)
         return order

@@ -1,7 +1,9 @@
-"""Pool choice by prompt length: cheapest pool that can hold the request, spill when saturated.
+"""Pool choice: a filter (can this pool hold the prompt and the completion it asks for?), then
+the predicted placement over every replica of the survivors (router/routing/placer.py) when
+replicas have published what it needs, else the length rule.
 
-A request passes a filter (can this pool hold the prompt and the completion it asks for?), then
-the preferred pool is the first survivor in config order (pools are listed cheapest first). When
+The length rule (the router's policy before prediction, and its fallback until stats arrive): the
+preferred pool is the first survivor in config order (pools are listed cheapest first). When
 that pool is saturated the request spills to the next survivor that is not; when every survivor
 is saturated it queues at the preferred one. A pool that cannot hold the context is never chosen.
 """
@@ -13,9 +15,10 @@ from dataclasses import dataclass
 
 from common.config import AppConfig, PoolConfig
 from router.context_cap import ContextLengthExceeded
+from router.routing.placer import Placement
 
 
-PREFERRED, SPILLED, ALL_SATURATED = "preferred", "spilled", "all_saturated"
+PREFERRED, SPILLED, ALL_SATURATED, PREDICTED = "preferred", "spilled", "all_saturated", "predicted"
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ class PoolChoice:
     pool: PoolLimits
     reason: str  # one line for logs and trace spans
     candidates: tuple[str, ...]  # pools that could hold the request, preferred first
-    kind: str = PREFERRED  # PREFERRED | SPILLED | ALL_SATURATED (a metric label)
+    kind: str = PREFERRED  # PREFERRED | SPILLED | ALL_SATURATED | PREDICTED (a metric label)
+    placement: Placement | None = None  # PREDICTED: the replicas best first, and every prediction
 
 
 def allowed_pools(pools: Sequence[PoolLimits], may_use: Callable[[str], bool]) -> list[PoolLimits]:
@@ -79,8 +83,11 @@ def choose_pool(
     pools: Sequence[PoolLimits],
     outstanding_tokens: Mapping[str, int],
     cap: int,
+    place: Callable[[Sequence[PoolLimits]], Placement | None] | None = None,
 ) -> PoolChoice:
-    """Pick the pool for a request whose max_tokens already passed the cap (see context_cap)."""
+    """Pick the pool for a request whose max_tokens already passed the cap (see context_cap).
+    `place` predicts over the pools that hold it; without it (or when it has no view of them)
+    the length rule decides."""
     fitting = pools_that_hold(prompt_tokens, max_tokens, pools, cap)
     if not fitting:
         biggest = largest_context(pools, cap)
@@ -92,6 +99,10 @@ def choose_pool(
             limit=biggest,
         )
     names = tuple(p.name for p in fitting)
+    placement = place(fitting) if place is not None else None
+    if placement is not None:
+        chosen = next(p for p in fitting if p.name == placement.pool)
+        return PoolChoice(chosen, placement.reason(), names, PREDICTED, placement)
     preferred = fitting[0]
 
     def saturated(pool: PoolLimits) -> bool:

@@ -37,6 +37,9 @@ class ReplicaView:
     queued_prefill_tokens: int = 0  # prompt tokens not yet computed, of requests already there
     kv_tokens: int = 0  # KV in use
     prefix_cached_tokens: int = 0  # of this request's prefix, already in this replica's cache
+    # Observed / predicted TTFT of this GPU class lately (router/routing/correction.py): a
+    # mis-specified profile is corrected by what its replicas really do.
+    ttft_correction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class Prediction:
     tpot_ratio: float = 0.0
     harm: float = 0.0  # what its prefill adds to the miss ratios of the sequences running there, summed
     fullness: float = 0.0  # with this request: the larger share of the engine's KV and sequence slots
+    pool: str = ""
+    profile: str = ""  # the GPU class's engine model
+    ttft_model_s: float = 0.0  # the engine model's TTFT before the observed correction and any drain wait
 
     @property
     def meets(self) -> bool:
@@ -81,7 +87,8 @@ def predict(view: ReplicaView, request: RequestShape) -> Prediction:
     prefill_ahead = view.queued_prefill_tokens + uncached
     steps = math.ceil(prefill_ahead / prefill_per_step)
     step_fixed = p.base_s + p.decode_s_per_seq * decoding + p.attention_s_per_kv_token * view.kv_tokens
-    ttft = steps * step_fixed + p.prefill_s_per_token * prefill_ahead
+    model_ttft = steps * step_fixed + p.prefill_s_per_token * prefill_ahead
+    ttft = model_ttft * view.ttft_correction
 
     # One more decoding sequence, its context growing over its output; the prefill queued behind
     # the batch is spread over the output's steps (chunks share the steps it decodes in).
@@ -112,7 +119,8 @@ def predict(view: ReplicaView, request: RequestShape) -> Prediction:
     harm = decoding * (p.prefill_s_per_token * uncached) / (out * request.tpot_limit_s)
     fullness = max(kv_needed / p.kv_capacity_tokens, (view.running + view.waiting + 1) / p.max_num_seqs)
     return Prediction(view.replica_id, ttft, tpot, gpu_s * view.usd_per_hour / 3600, waits, miss,
-                      idle_miss(p, request), ttft / request.ttft_limit_s, tpot / request.tpot_limit_s, harm, fullness)
+                      idle_miss(p, request), ttft / request.ttft_limit_s, tpot / request.tpot_limit_s, harm, fullness,
+                      view.pool, p.name, model_ttft)
 
 
 def idle_miss(p: GPUProfile, request: RequestShape) -> float:

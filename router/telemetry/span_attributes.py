@@ -7,10 +7,12 @@ from collections.abc import Mapping, Sequence
 
 from router.admission import Admission
 from router.routing.load_book import ReplicaLoad
+from router.routing.placer import Placement
 from common.telemetry import attributes as A
 from router.tenancy.quota import Grant
 
-AttributeValue = str | bool | int | float | Sequence[str] | Sequence[int]
+AttributeValue = str | bool | int | float | Sequence[str] | Sequence[int] | Sequence[float] | Sequence[bool]
+PREDICTIONS_ON_SPAN = 4  # the chosen replica and the best alternatives
 
 
 def admission_attributes(admission: Admission, cap: int) -> dict[str, AttributeValue]:
@@ -41,12 +43,30 @@ def routing_attributes(admission: Admission, outstanding: Mapping[str, int]) -> 
     """Why this pool: the reason, the pools that could hold the request (preferred first) and the
     outstanding tokens this ingress saw on each when it chose."""
     choice = admission.choice
-    return {
+    attributes: dict[str, AttributeValue] = {
         A.POOL: choice.pool.name,
         A.ROUTING_REASON: choice.kind,
         A.ROUTING_DETAIL: choice.reason,
         A.CANDIDATE_POOLS: list(choice.candidates),
         A.POOL_OUTSTANDING: [int(outstanding.get(name, 0)) for name in choice.candidates],
+    }
+    if choice.placement is not None:
+        attributes.update(prediction_attributes(choice.placement))
+    return attributes
+
+
+def prediction_attributes(placement: Placement, top: int = PREDICTIONS_ON_SPAN) -> dict[str, AttributeValue]:
+    """The predicted placement: the best `top` candidates of every pool (the chosen one first)."""
+    shown = placement.predictions[:top]
+    return {
+        A.PREDICTED_REPLICAS: [p.replica_id for p in shown],
+        A.PREDICTED_POOLS: [p.pool for p in shown],
+        A.PREDICTED_TTFT: [round(p.ttft_s, 4) for p in shown],
+        A.PREDICTED_TPOT: [round(p.tpot_s, 4) for p in shown],
+        A.PREDICTED_MEETS: [p.miss <= 1.0 for p in shown],
+        A.LIKELY_OUTPUT: placement.likely_output_tokens,
+        A.TTFT_CORRECTION: round(placement.chosen.ttft_s / placement.chosen.ttft_model_s, 3)
+        if placement.chosen.ttft_model_s and not placement.chosen.waits_for_room else 1.0,
     }
 
 

@@ -3,6 +3,7 @@ load accounting, start event, cancellation and stats, driven with fake producers
 OpenTelemetry tracer (no Ray cluster, no engine)."""
 
 import asyncio
+import time
 
 import pytest
 from opentelemetry import trace
@@ -115,7 +116,7 @@ async def test_a_normal_run_streams_start_then_the_replicas_events_and_releases_
     assert not replica.started  # the replica's events start only after START is out
     rest = [event async for event in gen]
     assert rest == stream()
-    assert totals(envelope) == {"queued_tokens": 0, "ongoing_requests": 0, "completed": 1, "cancelled": 0,
+    assert totals(envelope) == {"queued_tokens": 0, "ongoing_requests": 0, "engine_prefill_tokens": 0, "completed": 1, "cancelled": 0,
                                 "cancelled_completion_tokens": 0}
     span = only_span(exporter)
     assert span.name == "chat magistral"
@@ -143,7 +144,7 @@ async def test_a_refusal_books_no_load_and_ends_the_span(envelope, exporter):
     assert totals(envelope)["ongoing_requests"] == 0 and totals(envelope)["queued_tokens"] == 0
     span = only_span(exporter)  # ended before the refusal was yielded
     assert [event async for event in gen] == []
-    assert totals(envelope) == {"queued_tokens": 0, "ongoing_requests": 0, "completed": 0, "cancelled": 0,
+    assert totals(envelope) == {"queued_tokens": 0, "ongoing_requests": 0, "engine_prefill_tokens": 0, "completed": 0, "cancelled": 0,
                                 "cancelled_completion_tokens": 0}
     assert span.status.status_code is StatusCode.ERROR and span.status.description == "too long for this pool"
     assert span.attributes[A.ERROR_TYPE] == "invalid_request_error" and A.OUTCOME not in span.attributes
@@ -157,7 +158,7 @@ async def test_closing_mid_stream_is_a_cancellation_that_reports_the_generated_t
     assert (await gen.__anext__())["completion_tokens"] == 2
     await gen.aclose()
     assert replica.closed  # the replica's events are closed with the envelope, before it returns
-    assert totals(envelope) == {"queued_tokens": 0, "ongoing_requests": 0, "completed": 0, "cancelled": 1,
+    assert totals(envelope) == {"queued_tokens": 0, "ongoing_requests": 0, "engine_prefill_tokens": 0, "completed": 0, "cancelled": 1,
                                 "cancelled_completion_tokens": 2}
     span = only_span(exporter)
     assert span.status.status_code is StatusCode.ERROR and "cancelled" in span.status.description
@@ -203,7 +204,7 @@ async def test_a_producer_exception_fails_the_span_ends_the_load_and_is_reraised
         async for event in envelope.generate(request(), replica.admit):
             seen.append(event["event"])
     assert seen == ["start", "delta"]
-    assert totals(envelope) == {"queued_tokens": 0, "ongoing_requests": 0, "completed": 0, "cancelled": 1,
+    assert totals(envelope) == {"queued_tokens": 0, "ongoing_requests": 0, "engine_prefill_tokens": 0, "completed": 0, "cancelled": 1,
                                 "cancelled_completion_tokens": 2}
     span = only_span(exporter)
     assert span.status.status_code is StatusCode.ERROR and span.status.description == "RuntimeError: engine died"
@@ -226,13 +227,18 @@ async def test_routing_stats_are_identity_load_and_engine_stats_and_feed_the_gau
     gen = envelope.generate(request(), FakeReplica(stream()).admit)
     await gen.__anext__()
     engine = {"engine_running": 1, "kv_cache_usage": 0.25, "ongoing_requests": 99}  # engine keys win
+    before = time.time()
     routing = envelope.routing_stats(engine, base={"serve": 1, "pool": "overridden"})
+    taken = routing["stats_time"]
+    # Until its first token, the request's prompt is the prefill queued here.
     assert routing == {"serve": 1, **IDENTITY.as_dict(), "queued_tokens": WORK, "ongoing_requests": 99,
-                       "engine_running": 1, "kv_cache_usage": 0.25}
+                       "engine_prefill_tokens": 12, "engine_running": 1, "kv_cache_usage": 0.25,
+                       "stats_time": taken}
+    assert before <= taken <= time.time()
     assert metrics.updates == [routing]
     await gen.aclose()
     assert envelope.stats({"engine_running": 0}) == {
-        **IDENTITY.as_dict(), "queued_tokens": 0, "ongoing_requests": 0, "engine_running": 0,
+        **IDENTITY.as_dict(), "queued_tokens": 0, "ongoing_requests": 0, "engine_prefill_tokens": 0, "engine_running": 0,
         "completed": 0, "cancelled": 1, "cancelled_completion_tokens": 0}
     assert len(metrics.updates) == 1  # stats() reads, the gauges are refreshed by routing stats only
     assert envelope.ready() == IDENTITY.as_dict()
