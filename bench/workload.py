@@ -3,6 +3,12 @@
 Pure: the same (rate, duration, seed, mix) always gives the same jobs. Numbers are assumptions
 about chat/RAG/document traffic on Magistral Small 2506, not measurements; every knob is a field
 of `WorkloadMix` so a sweep or a test can change one at a time.
+
+A second, prefix-heavy workload (`ConversationMix`, PREFIX_HEAVY_MIX): many tenants, each with
+its own long system prompt, holding multi-turn chats; each turn's prompt is the previous turn's
+prompt, its answer and a new user message. Its jobs carry their prefix chain (see
+common.engine_model.PrefixChain) so the engine model's prefix cache and the router's memory see
+what is shared.
 """
 
 from __future__ import annotations
@@ -22,6 +28,24 @@ class Job:
     output_tokens: int
     prefix_key: str | None
     prefix_tokens: int
+    # Cumulative shareable prefixes, shortest first: (key, tokens). Entries past the prompt are its
+    # prompt with its answer (a later turn reuses them). Empty: the one prefix_key, if any.
+    chain: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def prefix_chain(self) -> tuple[tuple[str, int], ...]:
+        """What the engine may share of this job (prompt and answer)."""
+        if self.chain:
+            return self.chain
+        return ((self.prefix_key, self.prefix_tokens),) if self.prefix_key and self.prefix_tokens else ()
+
+    @property
+    def prompt_chain(self) -> tuple[tuple[str, int], ...]:
+        """What a router sees of it: the chain within its prompt (the answer does not exist yet)."""
+        chain = self.prefix_chain
+        if chain and chain[-1][1] > self.prompt_tokens:
+            return tuple(e for e in chain if e[1] <= self.prompt_tokens)
+        return chain
 
 
 @dataclass(frozen=True)
@@ -67,8 +91,12 @@ def _lognormal(rng: np.random.Generator, n: int, median: float, sigma: float, bo
     return values.astype(np.int64)
 
 
-def generate(rate_rps: float, duration_s: float, seed: int = 0, mix: WorkloadMix = DEFAULT_MIX) -> list[Job]:
-    """Jobs arriving as a Poisson process of `rate_rps` over [0, duration_s), in arrival order."""
+def generate(rate_rps: float, duration_s: float, seed: int = 0,
+             mix: WorkloadMix | ConversationMix = DEFAULT_MIX) -> list[Job]:
+    """Jobs arriving as a Poisson process of `rate_rps` over [0, duration_s), in arrival order
+    (a ConversationMix: generate_conversations)."""
+    if isinstance(mix, ConversationMix):
+        return generate_conversations(rate_rps, duration_s, seed, mix)
     if rate_rps <= 0 or duration_s <= 0:
         return []
     rng = np.random.default_rng(seed)
@@ -98,6 +126,91 @@ def generate(rate_rps: float, duration_s: float, seed: int = 0, mix: WorkloadMix
     return [Job(f"j{i}", float(arrivals[i]), int(prompts[i]), int(outputs[i]),
                 f"sys-{which[i]}" if has_prefix[i] else None, int(prefix[i]))
             for i in range(n)]
+
+
+@dataclass(frozen=True)
+class ConversationMix:
+    """Multi-turn chats of many tenants, each with its own long system prompt. Turns of one
+    conversation: the first user message, then after each answer (streamed at the TPOT objective
+    after the TTFT objective: the answer is whole when it met them) and the user's think time, the
+    next one. A tenant's share of conversations follows Zipf (a few big tenants, a long tail)."""
+
+    tenants: int = 48
+    tenant_zipf: float = 0.8  # share of tenant k ~ k^-s: the biggest ~16 % of traffic
+    system_prompt_range: tuple[int, int] = (2_000, 6_000)  # uniform, tokens
+    turns_mean: float = 3.0  # geometric (before the cap): most chats are short
+    max_turns: int = 8
+    first_user_median: float = 250.0  # the first message often pastes something
+    first_user_sigma: float = 0.9
+    first_user_range: tuple[int, int] = (16, 3_000)
+    user_median: float = 120.0  # follow-ups are short
+    user_sigma: float = 0.8
+    user_range: tuple[int, int] = (8, 1_500)
+    # Outputs: reasoning-ish but shorter than REASONING_MIX (chats: think briefly, answer).
+    output_median: float = 700.0
+    output_sigma: float = 0.6  # p99 ~2.8k
+    output_range: tuple[int, int] = (32, 6_000)
+    think_s: float = 15.0  # mean (exponential): reading the answer and typing the next message
+    answer_tpot_s: float = 0.08  # the previous answer streams at most this slowly (the objective)
+    answer_ttft_s: float = 1.6  # and starts at most this late
+
+    @property
+    def expected_turns(self) -> float:
+        """Mean turns per conversation under the cap (the arrival rate of conversations is the
+        request rate over this)."""
+        p = 1.0 - 1.0 / self.turns_mean  # chance of one more turn
+        return sum(p ** k for k in range(self.max_turns))
+
+
+PREFIX_HEAVY_MIX = ConversationMix()
+
+
+def generate_conversations(rate_rps: float, duration_s: float, seed: int = 0,
+                           mix: ConversationMix = PREFIX_HEAVY_MIX) -> list[Job]:
+    """Turns of conversations starting as a Poisson process over [0, duration_s), every turn
+    arriving before duration_s, in arrival order; `rate_rps` requests per second in steady state
+    (reached once the conversations started at 0 have ended: leave a warm-up of a few
+    conversation lifetimes, ~2-4 min)."""
+    if rate_rps <= 0 or duration_s <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    weights = np.arange(1, mix.tenants + 1, dtype=float) ** -mix.tenant_zipf
+    systems = rng.integers(mix.system_prompt_range[0], mix.system_prompt_range[1] + 1, mix.tenants)
+    starts_rate = rate_rps / mix.expected_turns
+    expected = starts_rate * duration_s
+    starts = np.cumsum(rng.exponential(1.0 / starts_rate, int(expected + 6 * np.sqrt(expected) + 16)))
+    starts = starts[starts < duration_s]
+    n = len(starts)
+    tenant = rng.choice(mix.tenants, size=n, p=weights / weights.sum())
+    turns = np.minimum(rng.geometric(1.0 / mix.turns_mean, n), mix.max_turns)
+    total = int(turns.sum())
+    firsts = _lognormal(rng, n, mix.first_user_median, mix.first_user_sigma, mix.first_user_range)
+    users = _lognormal(rng, total, mix.user_median, mix.user_sigma, mix.user_range)
+    outputs = _lognormal(rng, total, mix.output_median, mix.output_sigma, mix.output_range)
+    thinks = rng.exponential(mix.think_s, total)
+
+    jobs: list[Job] = []
+    at = 0  # index into the per-turn draws
+    for c in range(n):
+        t, system = int(tenant[c]), int(systems[tenant[c]])
+        chain: list[tuple[str, int]] = [(f"s{t}", system)]
+        arrival, context = float(starts[c]), system
+        for k in range(int(turns[c])):
+            user = int(firsts[c]) if k == 0 else int(users[at])
+            output = int(outputs[at])
+            prompt = context + user
+            if arrival >= duration_s or prompt + output > CONTEXT_CAP:
+                at += int(turns[c]) - k
+                break
+            chain.append((f"c{c}u{k}", prompt))
+            jobs.append(Job(f"c{c}t{k}", arrival, prompt, output, f"s{t}", system,
+                            tuple(chain) + ((f"c{c}a{k}", prompt + output),)))
+            chain.append((f"c{c}a{k}", prompt + output))
+            context = prompt + output
+            arrival += mix.answer_ttft_s + output * mix.answer_tpot_s + float(thinks[at])
+            at += 1
+    jobs.sort(key=lambda j: j.arrival_s)
+    return jobs
 
 
 def describe(jobs: list[Job]) -> dict:

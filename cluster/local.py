@@ -139,7 +139,9 @@ def run(config_path: str, port: int | None, num_cpus: int | None, health_timeout
         _log("starting a local Ray head")
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING",
                  _metrics_export_port=metrics_port, runtime_env={"env_vars": worker_env(os.environ)})
-        serve.start(http_options={"host": host, "port": http_port}, proxy_location=config.get("proxy_location", "HeadOnly"))
+        # controller_options as `serve run` applies them: the proxies' header policy is set there.
+        serve.start(http_options={"host": host, "port": http_port}, proxy_location=config.get("proxy_location", "HeadOnly"),
+                    controller_options=config.get("controller_options"))
         for app_spec in config["applications"]:
             _log(f"deploying application {app_spec['name']!r} from {config_path}")
             serve.run(build_application(app_spec), name=app_spec["name"],

@@ -16,16 +16,25 @@ What it models, after vllm/v1/core/sched/scheduler.py (`Scheduler.schedule`):
   of the waiting queue, to prefill prompt and generated tokens again (recompute).
 - The step that completes a request's prefill samples its first token; each decode step one more.
 
+- Prefix caching: a request carries its prefix chain, the cumulative prefixes of its tokens that
+  other requests may share (a tenant's system prompt, then each earlier turn of its conversation,
+  then its own prompt, then its prompt with its answer). As vLLM's block hashes chain each block
+  to its parent, a request reuses the longest run of its chain cached from the start (a later
+  turn reuses the earlier turn's prompt AND its generated answer: vLLM caches the blocks of
+  generated tokens too); a prefix is cached as soon as the request has computed it.
+
 Simplifications (deliberate): KV counted in tokens, not 16-token blocks; every request holds the
 KV of its whole context, even the part shared through the prefix cache (vLLM shares those blocks);
-the prefix cache is its own LRU of whole prefixes bounded by `prefix_cache_tokens` (vLLM keeps
-cached blocks in the free part of the KV pool, per block); no speculative decoding, no
-`long_prefill_token_threshold`, no async scheduling.
+the prefix cache is its own LRU of chain segments bounded by `prefix_cache_tokens` (vLLM keeps
+cached blocks in the free part of the KV pool, per block), touched deepest segment first so a
+shared root (the system prompt) outlives the conversations under it, as vLLM frees a request's
+blocks tail first; no speculative decoding, no `long_prefill_token_threshold`, no async scheduling.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
 
 from common import protocol as P
@@ -149,6 +158,13 @@ RTX4090_FP8_TP2 = GPUProfile(
 PROFILES: dict[str, GPUProfile] = {"H100_TP1": H100_TP1, "L40S_TP2": L40S_TP2, "RTX4090_FP8_TP2": RTX4090_FP8_TP2}
 
 
+def profile_named(name: object) -> GPUProfile | None:
+    """A profile by its PROFILES key or its own name (None: unknown)."""
+    if name in PROFILES:
+        return PROFILES[name]
+    return next((p for p in PROFILES.values() if p.name == name), None)
+
+
 @dataclass(frozen=True)
 class RequestStep:
     """What one step did for one request."""
@@ -184,15 +200,100 @@ def published_stats(stats: EngineStats, profile: str, time_scale: float = 1.0) -
             P.STAT_PREFILL_TOKENS: stats.prefill_tokens, P.STAT_GPU_PROFILE: profile, P.STAT_TIME_SCALE: time_scale}
 
 
+# A prefix chain: (key, tokens) of a request's cumulative prefixes, shortest first, tokens strictly
+# increasing. A key names the whole prefix up to it (a hash chained over everything before it), so
+# any in-order subset of a chain is a chain too.
+PrefixChain = Sequence[tuple[Hashable, int]]
+
+
+def check_chain(chain: PrefixChain) -> None:
+    previous = 0
+    for _, tokens in chain:
+        if tokens <= previous:
+            raise ValueError("a prefix chain's token counts must be positive and strictly increasing")
+        previous = tokens
+
+
+class ChainCache:
+    """An LRU of prefix-chain segments bounded by `capacity` tokens: what one replica's prefix
+    cache holds. Each key holds its segment, the tokens between its parent entry and itself, so a
+    prefix shared by many chains (a system prompt) is held, and counted, once. A chain matches
+    as far as its entries are cached without a gap from its start (a segment whose parent was
+    evicted cannot be reached, as vLLM finds a block only through its parent's hash).
+
+    Used by the engine model (what the engine holds) and by the router's memory of what it sent
+    where (router/routing/prefix_memory.py): the same rules, so the router forgets what the
+    engine evicts."""
+
+    __slots__ = ("capacity", "_entries", "_used")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[Hashable, tuple[int, int]] = OrderedDict()  # key -> (segment, cumulative)
+        self._used = 0
+
+    @property
+    def used_tokens(self) -> int:
+        return self._used
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def tokens(self, key: Hashable) -> int:
+        """The cumulative tokens of the prefix `key` names, if cached (0: not cached)."""
+        entry = self._entries.get(key)
+        return entry[1] if entry else 0
+
+    def match(self, chain: PrefixChain, limit: int | None = None) -> tuple[int, int]:
+        """(entries, tokens) of `chain` cached from its start, among entries of at most `limit`
+        tokens (the request's own chain entry counts, as given). Does not touch the LRU order."""
+        entries = tokens = 0
+        for key, cumulative in chain:
+            if (limit is not None and cumulative > limit) or key not in self._entries:
+                break
+            entries, tokens = entries + 1, cumulative
+        return entries, tokens
+
+    def store(self, chain: PrefixChain) -> None:
+        """Cache (or refresh) every entry of `chain`, deepest first, so its root is the most
+        recently used; then evict the least recently used segments beyond the capacity. A
+        segment larger than the whole cache is not stored."""
+        entries = self._entries
+        previous = [0] + [tokens for _, tokens in chain[:-1]]
+        for (key, cumulative), parent in zip(reversed(chain), reversed(previous)):
+            held = entries.get(key)
+            if held is not None:
+                entries.move_to_end(key)
+                continue
+            segment = cumulative - parent
+            if segment > self.capacity:
+                continue
+            entries[key] = (segment, cumulative)
+            self._used += segment
+        while self._used > self.capacity:
+            _, (segment, _) = entries.popitem(last=False)
+            self._used -= segment
+
+    def discard(self, keys: Sequence[Hashable]) -> None:
+        for key in keys:
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                self._used -= entry[0]
+
+
 @dataclass(eq=False)
 class _Request:
     request_id: str
     prompt_tokens: int
     output_tokens: int
-    prefix_key: str | None
-    prefix_tokens: int
+    chain: PrefixChain
     computed: int = 0  # tokens whose KV is cached (prompt, then generated ones)
     generated: int = 0
+    filled: int = 0  # entries of `chain` this request has put in the prefix cache
+    next_fill: float = float("inf")  # tokens the next entry of its chain needs computed
 
     @property
     def known(self) -> int:
@@ -211,11 +312,17 @@ class EngineModel:
     _waiting: deque[_Request] = field(default_factory=deque)
     _requests: dict[str, _Request] = field(default_factory=dict)
     _kv_used: int = 0
-    _prefix_cache: OrderedDict[str, int] = field(default_factory=OrderedDict)  # LRU: oldest first
+    _prefix_cache: ChainCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._prefix_cache = ChainCache(self.profile.prefix_cache_tokens)
 
     def add(self, request_id: str, prompt_tokens: int, output_tokens: int,
-            prefix_key: str | None = None, prefix_tokens: int = 0) -> None:
-        """Queue a request that will generate `output_tokens` tokens (>= 1) after its prompt."""
+            prefix_key: str | None = None, prefix_tokens: int = 0, chain: PrefixChain = ()) -> None:
+        """Queue a request that will generate `output_tokens` tokens (>= 1) after its prompt.
+
+        Its shareable prefixes: `chain` (see PrefixChain; entries past the prompt are its prompt
+        plus part or all of its answer), or one shared prefix, `prefix_key` of `prefix_tokens`."""
         if request_id in self._requests:
             raise ValueError(f"request {request_id!r} already in the engine")
         if prompt_tokens < 1 or output_tokens < 1:
@@ -226,8 +333,11 @@ class EngineModel:
             # vLLM refuses such a request (max_model_len must fit in the KV cache at startup).
             raise ValueError(f"{prompt_tokens} + {output_tokens} tokens exceed the KV capacity "
                              f"{self.profile.kv_capacity_tokens} of {self.profile.name}")
-        request = _Request(request_id, prompt_tokens, output_tokens,
-                           prefix_key if prefix_tokens else None, prefix_tokens)
+        if not chain and prefix_key is not None and prefix_tokens:
+            chain = ((prefix_key, prefix_tokens),)
+        check_chain(chain)
+        request = _Request(request_id, prompt_tokens, output_tokens, tuple(chain))
+        request.next_fill = chain[0][1] if chain else float("inf")
         self._requests[request_id] = request
         self._waiting.append(request)
 
@@ -261,9 +371,14 @@ class EngineModel:
     def kv_used_tokens(self) -> int:
         return self._kv_used
 
-    def prefix_cached(self, prefix_key: str) -> int:
-        """Tokens of `prefix_key` in the prefix cache (0: not cached). Does not touch the LRU order."""
-        return self._prefix_cache.get(prefix_key, 0)
+    def prefix_cached(self, prefix_key: Hashable) -> int:
+        """Tokens of the prefix `prefix_key` in the prefix cache (0: not cached). Does not touch
+        the LRU order."""
+        return self._prefix_cache.tokens(prefix_key)
+
+    def prefix_match(self, chain: PrefixChain) -> int:
+        """Tokens of `chain` the prefix cache holds from its start. Does not touch the LRU order."""
+        return self._prefix_cache.match(chain)[1]
 
     def step(self) -> StepResult:
         """Schedule and run one engine step; return what it did and how long it took."""
@@ -294,16 +409,19 @@ class EngineModel:
         # Then waiting requests, FIFO, unless this step had to preempt.
         while not preempted and self._waiting and budget > 0 and len(self._running) < p.max_num_seqs:
             request = self._waiting[0]
-            hit = self._prefix_hit(request)
+            entries, hit = self._prefix_hit(request)
             new = min(request.known - hit, budget)
             if self._kv_used + hit + new > p.kv_capacity_tokens:
                 break
             self._waiting.popleft()
             self._running.append(request)
             if hit:
-                self._prefix_cache.move_to_end(request.prefix_key)
+                self._prefix_cache.store(request.chain[:entries])  # a hit refreshes what it used
                 request.computed = hit
                 self._kv_used += hit
+                if entries > request.filled:
+                    request.filled = entries
+                    request.next_fill = request.chain[entries][1] if entries < len(request.chain) else float("inf")
             self._allocate(request, new, scheduled)
             budget -= new
 
@@ -326,10 +444,12 @@ class EngineModel:
             request.computed += new
             emitted = request.computed == request.known
             if emitted:
-                if request.generated == 0:
-                    self._fill_prefix_cache(request)
                 request.generated += 1
             finished = request.generated == request.output_tokens
+            # What it computed is cached (the last token's KV never is: a finished answer counts whole).
+            reach = request.known if finished else request.computed
+            if reach >= request.next_fill:
+                self._fill_prefix_cache(request, reach)
             if finished:
                 self._running.remove(request)
                 del self._requests[request_id]
@@ -348,18 +468,19 @@ class EngineModel:
         request.computed = 0
         self._waiting.appendleft(request)
 
-    def _prefix_hit(self, request: _Request) -> int:
-        if request.prefix_key is None:
-            return 0
-        cached = self._prefix_cache.get(request.prefix_key, 0)
+    def _prefix_hit(self, request: _Request) -> tuple[int, int]:
+        """(chain entries, tokens) the prefix cache saves this request now."""
+        if not request.chain:
+            return 0, 0
+        entries, cached = self._prefix_cache.match(request.chain, request.known)
         # vLLM always computes at least the last known token: its logits give the next token.
-        return min(cached, request.prefix_tokens, request.known - 1)
+        return entries, min(cached, request.known - 1)
 
-    def _fill_prefix_cache(self, request: _Request) -> None:
-        key, tokens = request.prefix_key, request.prefix_tokens
-        if key is None or tokens > self.profile.prefix_cache_tokens:
-            return
-        self._prefix_cache[key] = max(tokens, self._prefix_cache.get(key, 0))
-        self._prefix_cache.move_to_end(key)
-        while sum(self._prefix_cache.values()) > self.profile.prefix_cache_tokens:
-            self._prefix_cache.popitem(last=False)  # least recently used
+    def _fill_prefix_cache(self, request: _Request, reach: int) -> None:
+        """Cache the request's chain entries it has computed (`reach` tokens) since the last fill."""
+        chain, filled = request.chain, request.filled
+        while filled < len(chain) and chain[filled][1] <= reach:
+            filled += 1
+        request.filled = filled
+        request.next_fill = chain[filled][1] if filled < len(chain) else float("inf")
+        self._prefix_cache.store(chain[:filled])

@@ -8,7 +8,8 @@ import pytest
 
 from common.tokens import TekkenCounter
 from tests.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
-from tests.shared_cluster import auth, base_url, local_cluster, otlp_receiver, ray_driver  # noqa: F401 (fixtures)
+from tests.shared_cluster import (  # noqa: F401 (fixtures)
+    auth, base_url, local_cluster, otlp_receiver, postgres_app, ray_driver)
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +25,13 @@ def user_prompt_with_tokens(counter: TekkenCounter, target: int) -> list[dict]:
     got = counter.count_chat(messages)
     assert got == target, f"built {got} tokens, wanted {target}"
     return messages
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir():
+    """The tiny random-weight model configs/cpu-vllm.yaml serves (built once, ~10 s)."""
+    from pathlib import Path
+
+    from deployments.tiny_model import build
+
+    return build(str(Path(__file__).resolve().parents[1] / ".run" / "tiny-magistral"))

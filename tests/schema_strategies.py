@@ -81,3 +81,49 @@ def from_schema(schema: dict, fields: dict[str, st.SearchStrategy] | None = None
         return ANY_JSON
     typed = _typed(schema, fields)
     return st.integers(0, CHAOS - 1).flatmap(lambda i: ANY_JSON if i == 0 else typed)
+
+
+# ---- hostile shapes no schema describes: deep nesting, header bytes Serve's proxy reads --------------
+
+DEEP = "__deep__"  # a placeholder string in a body template: where the deep value goes
+
+
+def deep_json_text(depth: int, seed: int, leaf: str) -> str:
+    """JSON text `depth` arrays / objects deep, the kind of each level drawn from `seed`: text,
+    because json.dumps itself recurses and stops near 1000 levels."""
+    import random
+
+    kinds = [random.Random(seed + i).random() < 0.5 for i in range(depth)]  # True: an object
+    return ("".join('{"k":' if k else "[" for k in kinds) + leaf
+            + "".join("}" if k else "]" for k in reversed(kinds)))
+
+
+def deep_values(limit: int) -> st.SearchStrategy[str]:
+    """Depths around the edge's bound `limit`, where recursion used to fail (~760-1000: Ray's
+    pickling, json.dumps; ~1000: the JSON parser) and far past it."""
+    depths = st.sampled_from([1, limit - 2, limit - 1, limit, limit + 1, 200, 760, 970, 1_000, 1_500, 5_000])
+    leaves = st.sampled_from(['"x"', "1", "null", "[]", "{}", '"\\ud800"'])
+    return st.builds(deep_json_text, depths, st.integers(0, 2**31), leaves)
+
+
+def with_deep(template, deep_text: str) -> bytes:
+    """A body template (JSON-able, one DEEP placeholder) with the deep JSON text in its place."""
+    import json
+
+    return json.dumps(template).replace(json.dumps(DEEP), deep_text, 1).encode()
+
+
+# Headers Serve's proxy reads itself, in the spellings it matches ('-' and '_' alike, any case),
+# and a few it does not; values with bytes that are not UTF-8. Only bytes an HTTP/1.1 client may
+# send in a field value (h11's rule: no control characters but tab, no edge whitespace).
+SERVE_READ_HEADERS = st.sampled_from([
+    b"x-request-id", b"x-session-id", b"X-Session-Id", b"x_session_id", b"serve_multiplexed_model_id",
+    b"serve-multiplexed-model-id", b"x-request-timeout-seconds", b"x-request-disconnect-disabled",
+    b"traceparent", b"tracestate", b"x-serve-router-replica", b"user-agent", b"x-anything"])
+_FIELD_BYTES = st.binary(max_size=40).map(
+    lambda b: bytes(c for c in b if c == 9 or 0x20 <= c <= 0x7E or c >= 0x80).strip(b" \t"))
+HEADER_VALUES = st.one_of(
+    st.sampled_from([b"\xff", b"ab\xffcd", b"caf\xc3\xa9", b"0.001", b"0", b"?1", b"", b"x" * 300,
+                     b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]),
+    _FIELD_BYTES)
+HEADERS = st.lists(st.tuples(SERVE_READ_HEADERS, HEADER_VALUES), min_size=1, max_size=3)

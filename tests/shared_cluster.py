@@ -159,3 +159,17 @@ def deploy_app(local_cluster: dict, name: str, args: dict, timeout_s: float = 18
         pytest.fail(f"application {name!r}: {exc}")
     print(f"\napplication {name!r} healthy {time.monotonic() - started:.0f} s after deploy")
     return url
+
+
+@pytest.fixture(scope="session")
+def postgres_app(local_cluster, ray_driver, postgres_server) -> str:
+    """An extra application `pg` with the local tenants (the demo key, an admin) whose quotas and
+    ledger are on the session's PostgreSQL server: for the edge and fuzz tests that must hold on
+    both stores. One ingress and one small stub pool. Returns its root URL."""
+    from tests.postgres import create_database
+
+    return deploy_app(local_cluster, "pg", {
+        "ledger_url": create_database(postgres_server, "edge_ledger"),
+        "tenants_file": str(ROOT / "configs" / "tenants.yaml"), "router_replicas": 1,
+        "pools": [{"name": "short", "max_model_len": 4096, "num_replicas": 1,
+                   "engine": {"kind": "stub", "prefill_tokens_per_s": 50_000, "decode_ms_per_token": 2}}]})

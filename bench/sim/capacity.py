@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from bench.sim.fleets import SLO, mixed_fleet
 from bench.sim.simulator import simulate
-from bench.workload import DEFAULT_MIX, WorkloadMix, generate
+from bench.workload import DEFAULT_MIX, ConversationMix, WorkloadMix, generate
 
 TARGET = 0.9
 
@@ -22,17 +22,19 @@ class CapacityRun:
     policy: str
     seed: int
     duration_s: float = 240.0
-    mix: WorkloadMix = DEFAULT_MIX
+    mix: WorkloadMix | ConversationMix = DEFAULT_MIX
     low: float = 0.25  # req/s assumed served (checked)
     high: float = 16.0  # req/s assumed not served
     resolution: float = 0.1  # req/s
     slo: SLO = SLO()
+    warmup_fraction: float = 0.25  # of duration_s: served, not judged (conversations need minutes)
 
     def passes(self, rate: float) -> bool:
         jobs = generate(rate, self.duration_s, self.seed, self.mix)
-        judged = sum(0.25 * self.duration_s <= j.arrival_s < self.duration_s for j in jobs)
+        judged = sum(self.warmup_fraction * self.duration_s <= j.arrival_s < self.duration_s for j in jobs)
         r = simulate(mixed_fleet(self.h100, self.l40s), jobs, self.policy, self.slo, duration_s=self.duration_s,
-                     seed=self.seed, give_up_after_misses=int((1 - TARGET) * judged))
+                     warmup_fraction=self.warmup_fraction, seed=self.seed,
+                     give_up_after_misses=int((1 - TARGET) * judged))
         return not r.aborted and r.goodput_fraction >= TARGET
 
     def __call__(self) -> float:

@@ -17,7 +17,6 @@ policy obeys each replica's max_ongoing_requests; only the pool-aware ones obey 
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import random
 from collections.abc import Mapping, Sequence
@@ -25,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bench.workload import CONTEXT_CAP, Job
-from common.protocol import work_tokens
+from common.protocol import STAT_TIME, work_tokens
 from router.context_cap import ContextLengthExceeded
 from common.engine_model import published_stats
-from router.routing.placer import Placer, PoolTerms
+from router.routing.placer import Placement, Placer, PoolTerms
 from router.routing.load_book import LoadBook, score
 from router.routing.pools import PoolLimits, choose_pool
 
@@ -84,6 +83,7 @@ class Fleet:
         self.pools = tuple(pools)  # cheapest first, as in configs/production.yaml
         self.limits = {p.name: p for p in self.pools}
         self.cap = cap
+        self.now = 0.0  # the simulation's virtual time (the event loop keeps it)
         self.replicas = list(replicas)
         self.by_pool: dict[str, list[Replica]] = {p.name: [] for p in self.pools}
         self._room: dict[str | None, _RoomSet] = {None: _RoomSet()} | {p.name: _RoomSet() for p in self.pools}
@@ -311,33 +311,56 @@ class RouterPolicy(_PoolAware):
 
 
 class PrefixAffinity(_FleetWide):
-    """Like Ray Serve LLM's PrefixCacheAffinityRouter over the whole fleet: while the replicas'
-    request counts are balanced (max - min <= `imbalance`), a request goes to a replica this router
-    sent its prefix to before (the least loaded of them); otherwise, or with no match, power of two.
-    The router's memory of where prefixes went stands for its prefix tree."""
+    """Like Ray Serve LLM's PrefixCacheAffinityRouter (ray.llm ... prefix_aware_router.py, its
+    defaults) over the whole fleet. While the replicas' request counts are balanced (max - min <=
+    `imbalance`): the replicas holding the longest prefix of the request's prompt, if it is at
+    least `match_rate` of the prompt, else the replicas whose prefix tree is smallest; of those,
+    the one with the fewest requests. Imbalanced: power of two. Its tree holds every prompt routed
+    to a replica and never evicts (Ray's default); here it is the request's prefix chain (the same
+    chains the predicted policy uses), per replica a set of chain keys and their tokens."""
 
     name = "prefix_affinity"
 
-    def __init__(self, seed: int = 0, imbalance: int = 10) -> None:
+    def __init__(self, seed: int = 0, imbalance: int = 10, match_rate: float = 0.1) -> None:
         self._rng = random.Random(seed)
         self._imbalance = imbalance
-        self._sent: dict[str, set[str]] = {}  # prefix key -> replicas it was routed to
+        self._match_rate = match_rate
+        self._tree: dict[str, dict[str, int]] = {}  # replica -> chain key -> its segment's tokens
+        self._size: dict[str, int] = {}  # replica -> tokens in its tree
 
     def choose(self, job: Job, fleet: Fleet) -> Replica | None:
         candidates = fleet.with_room()
         if not candidates:
             return None
-        if job.prefix_key in self._sent:
-            counts = [r.ongoing for r in candidates]
-            if max(counts) - min(counts) <= self._imbalance:
-                holders = [r for r in candidates if r.replica_id in self._sent[job.prefix_key]]
-                if holders:
-                    return min(holders, key=lambda r: (r.ongoing, r.replica_id))
-        return _pow2(candidates, self._rng)
+        counts = [r.ongoing for r in candidates]
+        if max(counts) - min(counts) > self._imbalance:
+            return _pow2(candidates, self._rng)
+        chain = job.prompt_chain
+        best, matched = 0, []
+        for r in candidates:
+            tree = self._tree.get(r.replica_id, {})
+            depth = 0
+            for key, tokens in chain:
+                if key not in tree:
+                    break
+                depth = tokens
+            if depth > best:
+                best, matched = depth, [r]
+            elif depth == best and depth:
+                matched.append(r)
+        if not matched or best < self._match_rate * job.prompt_tokens:
+            smallest = min(self._size.get(r.replica_id, 0) for r in candidates)
+            matched = [r for r in candidates if self._size.get(r.replica_id, 0) == smallest]
+        return min(matched, key=lambda r: (r.ongoing, r.replica_id))
 
     def on_route(self, job: Job, replica: Replica) -> None:
-        if job.prefix_key is not None:
-            self._sent.setdefault(job.prefix_key, set()).add(replica.replica_id)
+        tree = self._tree.setdefault(replica.replica_id, {})
+        previous = 0
+        for key, tokens in job.prompt_chain:
+            if key not in tree:
+                tree[key] = tokens - previous
+                self._size[replica.replica_id] = self._size.get(replica.replica_id, 0) + tokens - previous
+            previous = tokens
 
 
 class Predicted(_FleetWide):
@@ -345,7 +368,8 @@ class Predicted(_FleetWide):
     code: every replica of every pool publishes what the stub replica publishes from its engine
     model (common.engine_model.published_stats), the placer turns those rows into views and
     predicts. Pool limits follow the hardware (every replica whose KV holds the context serves
-    it), as for pow2. The simulator's stats are never stale, so no dispatch is added to them."""
+    it), as for pow2. Stats are published at the simulation's time, never stale, so no dispatch is
+    added to them (the placer forgets its recent dispatches as the live one does)."""
 
     name = "predicted"
 
@@ -353,6 +377,7 @@ class Predicted(_FleetWide):
         self._slo = slo
         self._usd = dict(usd_per_hour or {})
         self._placer: Placer | None = None
+        self._placed: dict[str, tuple[Placement, float]] = {}  # chosen, not yet routed
 
     def _placer_for(self, fleet: Fleet) -> Placer:
         if self._placer is None:
@@ -366,16 +391,20 @@ class Predicted(_FleetWide):
         if not candidates:
             return None
         placer = self._placer_for(fleet)
-        rows = [(r.pool, r.replica_id, published_stats(r.engine.stats(), r.engine.profile.name)) for r in candidates]
-        views = placer.views(rows, now=0.0)
-        if job.prefix_key:  # the engine's own prefix cache (to be replaced by the router's memory of prefixes)
-            by_id = {r.replica_id: r for r in candidates}
-            views = [dataclasses.replace(v, prefix_cached_tokens=min(
-                by_id[v.replica_id].engine.prefix_cached(job.prefix_key), job.prefix_tokens)) for v in views]
-        placement = placer.place(views, job.prompt_tokens, fleet.by_pool.keys())
+        now = fleet.now
+        rows = [(r.pool, r.replica_id, published_stats(r.engine.stats(), r.engine.profile.name) | {STAT_TIME: now})
+                for r in candidates]
+        # The prefix each replica holds is the placer's memory of what it sent where (the
+        # engine's own cache is not looked at); the chain is what the router sees of the prompt.
+        placement = placer.place(placer.views(rows, now), job.prompt_tokens, fleet.by_pool.keys(), job.prompt_chain)
         if placement is None:
             return None
+        self._placed[job.job_id] = (placement, now)
         return next(r for r in candidates if r.replica_id == placement.chosen.replica_id)
+
+    def on_route(self, job: Job, replica: Replica) -> None:
+        placement, now = self._placed.pop(job.job_id)
+        self._placer.dispatched(placement, job.job_id, now)
 
     def on_finish(self, job: Job, replica: Replica) -> None:
         """The router sees each answer's completion tokens (the likely output learns from them)."""

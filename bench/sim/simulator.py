@@ -130,9 +130,10 @@ class _EventLoop:
                 self.now, _, at = heapq.heappop(events)
                 if self.now > self.stop_at:
                     return
+                self.fleet.now = self.now
                 self._step_ended(self.fleet.replicas[at])
             else:
-                self.now = arrival_t
+                self.now = self.fleet.now = arrival_t
                 self._arrived(jobs[next_arrival])
                 next_arrival += 1
             self._start_steps()
@@ -160,7 +161,7 @@ class _EventLoop:
         self.served_output[i] = output
         self.replica_of[i] = replica
         self.truncated += int(output < job.output_tokens and self.judged[i])
-        replica.engine.add(job.job_id, job.prompt_tokens, output, job.prefix_key, job.prefix_tokens)
+        replica.engine.add(job.job_id, job.prompt_tokens, output, chain=job.prefix_chain)
         self.fleet.hold(replica)
         self.policy.on_route(job, replica)
         if not replica.busy:

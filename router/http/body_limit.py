@@ -7,11 +7,10 @@ config (default 4 MiB: a 40 960-token prompt of JSON-escaped CJK text is under 1
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 
 from router import errors
+from router.http.asgi_errors import send_error
 
 
 class _TooLarge(HTTPException):
@@ -28,14 +27,6 @@ def too_large(limit: int, size: int | None) -> errors.APIError:
                            "size fits the 40 960-token context.", code="request_too_large")
 
 
-async def _send_error(send, scope, error: errors.APIError) -> None:
-    status, shaped = error.shaped(errors.route_path(scope))
-    body = json.dumps(shaped).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
 class BodyLimitMiddleware:
     """Pure ASGI. The limit is read from `app.state.max_body_bytes` (None: no limit)."""
 
@@ -50,7 +41,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _send_error(send, scope, too_large(limit, int(declared)))
+            await send_error(send, scope, too_large(limit, int(declared)))
             return
         received = 0
         started = False
@@ -73,4 +64,4 @@ class BodyLimitMiddleware:
             await self.app(scope, counted_receive, tracked_send)
         except _TooLarge:
             if not started:
-                await _send_error(send, scope, too_large(limit, None))
+                await send_error(send, scope, too_large(limit, None))

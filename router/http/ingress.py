@@ -1,6 +1,6 @@
 """The HTTP edge: FastAPI on Ray Serve. Routes, authentication and error rendering only.
 
-Each generation route authenticates the tenant (before the body is validated), checks the model,
+Each generation route authenticates the tenant (router/http/auth.py, before the body is read), checks the model,
 builds one RequestContext from its API's body and hands it to the transport-free pipeline
 (router/pipeline/), then turns the pipeline's answer into a JSON or SSE response. What the pipeline
 and tenancy refuse arrives as values (router.errors.APIError, router.tenancy.errors) and is
@@ -23,10 +23,13 @@ from common.telemetry import attributes as A
 from common.telemetry.otel_setup import configure_tracing
 from common.tokens import TekkenCounter
 from router import errors, fleet_stats
+from router.http.auth import AuthMiddleware, tenant_of
 from router.http.body_limit import BodyLimitMiddleware
 from router.http.errors import (ANTHROPIC_ERRORS, GENERATION_ERRORS, AnthropicError, cost_header, documented,
                                 from_tenancy, render)
+from router.http.header_policy import HeaderPolicy
 from router.http.openapi import without_422
+from router.json_nesting import too_deep_message
 from router.magistral_defaults import with_system_prompt
 from router.pipeline.context import RequestContext
 from router.pipeline.pipeline import Pipeline, StreamedAnswer, guard_prompt
@@ -48,7 +51,10 @@ _HEALTH_TIMEOUT_S = 2.0
 
 app = FastAPI(title="Magistral Small 2506 router", docs_url=None, redoc_url=None)
 app.openapi = lambda: without_422(app)
+# The last added runs first: telemetry, header policy, key, body size, then FastAPI reads the body.
 app.add_middleware(BodyLimitMiddleware)  # 413 for bodies no prompt under the cap could need
+app.add_middleware(AuthMiddleware)  # 401 before anything reads the body
+app.add_middleware(HeaderPolicy)  # the rules Serve's proxy applies too (router/http/header_policy.py)
 app.add_middleware(TelemetryMiddleware)  # outermost: spans, x-trace-id and metrics for every request
 
 
@@ -78,8 +84,13 @@ async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONRe
 
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 413: "request_too_large"}.get(exc.status_code)
-    return await _api_error(request, errors.APIError(exc.status_code, str(exc.detail), code=code))
+    code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
+    message = str(exc.detail)
+    if isinstance(exc.__cause__, RecursionError):  # FastAPI's JSON parse of a body nested ~1000 deep
+        message, code = f"Invalid request body: {too_deep_message()}.", "invalid_json"
+    # Starlette's own headers stay (a 405's Allow, RFC 9110).
+    return await _api_error(request, errors.APIError(exc.status_code, message, code=code,
+                                                     headers=dict(exc.headers or {})))
 
 
 @app.exception_handler(Exception)
@@ -89,22 +100,11 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return render(errors.server_error(request_id), trace_id_header(request), path=errors.route_path(request.scope))
 
 
-def _bearer_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return request.headers.get("x-api-key")
-
-
 async def _tenant(request: Request) -> Tenant:
-    """Route dependency: FastAPI runs it before validating the body, so a keyless request gets
-    401 whatever its body. The gate is the replica's (set in RouterIngress.__init__)."""
-    tenant = request.app.state.gate.authenticate(_bearer_key(request))
-    if tenant is None:
+    """Route dependency: the tenant AuthMiddleware authenticated before the body was read."""
+    tenant = tenant_of(request.state)
+    if tenant is None:  # only when no gate is set up: AuthMiddleware answers 401 itself
         raise errors.unauthorized()
-    rt = request_trace(request)
-    if rt is not None:
-        rt.record.tenant = tenant.name
     return tenant
 
 
@@ -177,7 +177,8 @@ class RouterIngress:
     async def chat_completions(self, body: ChatCompletionRequest, request: Request, tenant: Tenant = Depends(_tenant)):
         ctx = self._chat_context(request, tenant, body, body.message_dicts(), body.tools, body.tool_choice,
                                  response_format=body.response_format)
-        writer = ResponseWriter("chat", f"chatcmpl-{ctx.request_id}", body.model)
+        # The id is the answer's own (the ledger row's key): a client's x-request-id may repeat.
+        writer = ResponseWriter("chat", f"chatcmpl-{ctx.request_key}", body.model)
         return await self._answer(ctx, lambda admission: OpenAIAnswer(writer, body))
 
     @app.post("/v1/completions", responses=GENERATION_ERRORS)
@@ -186,7 +187,7 @@ class RouterIngress:
         ctx = self._context(request, tenant, body, "completion", prompt=prompt)
         if ctx.trace.capture_content:
             ctx.trace.set({A.INPUT_MESSAGES: messages_attribute(None, prompt)})
-        writer = ResponseWriter("completion", f"cmpl-{ctx.request_id}", body.model)
+        writer = ResponseWriter("completion", f"cmpl-{ctx.request_key}", body.model)
         return await self._answer(ctx, lambda admission: OpenAIAnswer(writer, body))
 
     # ---- Anthropic's Messages API: a translation at the edge, the same pipeline behind it ----
@@ -196,7 +197,7 @@ class RouterIngress:
         chat = anthropic.to_chat(body)
         # Counted exactly (exact=True): message_start states the input tokens billed.
         ctx = self._chat_context(request, tenant, body, chat.messages, chat.tools, chat.tool_choice, exact=True)
-        message_id = anthropic.message_id(ctx.request_id)
+        message_id = anthropic.message_id(ctx.request_key)
         return await self._answer(ctx, lambda admission: AnthropicAnswer(message_id, body.model,
                                                                           admission.prompt_tokens))
 

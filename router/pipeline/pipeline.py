@@ -27,7 +27,7 @@ from common.protocol import DELTA, END, ERROR, START, GenerateRequest
 from common.telemetry import attributes as A
 from common.tokens import PromptInvalid, TekkenCounter, chat_upper_bound, text_upper_bound
 from router import errors
-from router.admission import Admission, admit, needs_exact_count
+from router.admission import Admission, admit, bound_decides, effective_cap, needs_exact_count
 from router.context_cap import ContextLengthExceeded
 from router.pipeline.context import RequestContext
 from router.routing.load_book import LoadBook
@@ -162,7 +162,12 @@ class Pipeline:
             admission = await self.admit(ctx)
             if span.is_recording():
                 span.set_attributes(admission_attributes(admission, self._config.context_cap))
-            account = await self.reserve(ctx, admission, span)
+            try:
+                account = await self.reserve(ctx, admission, span)
+            except BaseException:
+                if self.placer is not None:
+                    self.placer.recent.forget(ctx.request_key)
+                raise
         placed = await self.route(ctx, admission, account)
         answer = answer_for(admission)
         if ctx.stream:
@@ -178,21 +183,23 @@ class Pipeline:
                                   type="permission_denied", code="no_allowed_pool")
         exact = needs_exact_count(ctx.requested_max_tokens, ctx.tenant.limits.bounds_tokens)
         bound = None if exact else self._upper_bound(ctx)
-        outstanding = self._pool_load.snapshot_tokens()  # read on the loop, not in the thread
+        cap, max_tokens = self._config.context_cap, ctx.requested_max_tokens
+        counted: int | None = None
+        if (bound is None or bound > COUNT_IN_THREAD_ABOVE_BYTES) and not bound_decides(
+                bound, max_tokens, pools, effective_cap(pools, cap)):
+            counted = await asyncio.to_thread(guard_prompt, lambda: self._count(ctx))
+        # From here to the placement's booking nothing awaits: a burst's requests each see the
+        # ones placed before them.
         place = self._place_over_snapshot()
-
-        def decide() -> Admission:
-            return admit(upper_bound=bound, count_exact=lambda: self._count(ctx), max_tokens=ctx.requested_max_tokens,
-                         pools=pools, outstanding_tokens=outstanding, cap=self._config.context_cap,
-                         policy=self._config.overflow_policy, place=place)
-
         try:
-            if bound is None or bound > COUNT_IN_THREAD_ABOVE_BYTES:
-                admission = await asyncio.to_thread(guard_prompt, decide)
-            else:
-                admission = guard_prompt(decide)
+            admission = guard_prompt(lambda: admit(
+                upper_bound=bound, count_exact=lambda: self._count(ctx) if counted is None else counted,
+                max_tokens=max_tokens, pools=pools, outstanding_tokens=self._pool_load.snapshot_tokens(), cap=cap,
+                policy=self._config.overflow_policy, place=place))
         except ContextLengthExceeded as exc:
             raise errors.context_length_exceeded(str(exc)) from exc
+        if admission.choice.placement is not None:
+            self.placer.dispatched(admission.choice.placement, ctx.request_key, self._clock())
         if admission.prompt_tokens is None and ctx.kind == "chat":
             # Not counted: still refuse what the chat template rejects, before any quota is held.
             guard_prompt(lambda: self._counter.validate_chat(ctx.messages, ctx.tools))
@@ -200,8 +207,7 @@ class Pipeline:
         return admission
 
     def _place_over_snapshot(self) -> Callable[[int, Sequence[PoolLimits]], Placement | None] | None:
-        """The placement over the replicas' stats as they are now (taken on the loop: the
-        decision may run in a thread)."""
+        """The placement over the replicas' stats as they are now."""
         if self.placer is None:
             return None
         views = self.placer.views(self._fleet_stats(), self._clock())
@@ -256,8 +262,6 @@ class Pipeline:
         self._pool_load.book(pool, key, job.work_tokens)
         events = None
         dispatched_at = self._clock()
-        if placement is not None:
-            self.placer.dispatched(placement, key, dispatched_at)
 
         def release() -> None:
             self._pool_load.release(key)

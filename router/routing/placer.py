@@ -5,10 +5,14 @@ policy, so the simulator simulates the router.
 Each replica publishes its engine's state with its routing stats (common.protocol STAT_*). The
 placer turns one snapshot of those rows into `ReplicaView`s, adds what this router dispatched to
 each replica since its stats were taken (a burst sees itself before any report could), and asks
-router.routing.predict for the order. Around that it learns two things online: the output length
+router.routing.predict for the order. Around that it learns three things online: the output length
 requests really have (the median of recent answers, which the prediction's time per token and KV
-room depend on) and how far each GPU class's predicted time to first token is from what its
-replicas deliver (router/routing/correction.py).
+room depend on), how far each GPU class's predicted time to first token is from what its
+replicas deliver (router/routing/correction.py), and which replica holds which prefix
+(router/routing/prefix_memory.py: what it sent where, forgotten as the engine's prefix cache
+would evict it). A request's prefix chain (router/routing/prefix_keys.py) is matched against each
+replica's memory and the match becomes the view's `prefix_cached_tokens`: a shorter predicted
+prefill, weighed against that replica's queue by router.routing.predict.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from __future__ import annotations
 import statistics
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from common import protocol as P
 from common.config import AppConfig, Objectives
-from common.engine_model import PROFILES, GPUProfile
+from common.engine_model import PROFILES, GPUProfile, PrefixChain, profile_named
 from router.routing.correction import TTFTCorrection
 from router.routing.predict import Prediction, ReplicaView, RequestShape, pick
+from router.routing.prefix_memory import PrefixMemory
 
 # A dispatch stays "not yet in the replica's stats" at most this long (a lost stats report must
 # not make a replica look busy forever).
@@ -59,6 +64,7 @@ class Placement:
     predictions: tuple[Prediction, ...]  # every candidate of every pool, best first
     prompt_tokens: int  # as predicted (the count, or the bound's estimate)
     likely_output_tokens: int
+    chain: PrefixChain = ()  # the request's prefix chain, fitted to prompt_tokens
 
     @property
     def chosen(self) -> Prediction:
@@ -107,6 +113,12 @@ class RecentDispatches:
                 self.by_replica.setdefault(replica_id, {})[request_key] = held.pop(request_key)
                 return
 
+    def forget(self, request_key: str) -> None:
+        """The request never reached a replica (its quota refused it, say)."""
+        for held in self.by_replica.values():
+            if held.pop(request_key, None) is not None:
+                return
+
     def since(self, replica_id: str, stats_time: float, now: float) -> tuple[int, int]:
         """(requests, prompt tokens) dispatched after `stats_time`; forgets what is too old."""
         held = self.by_replica.get(replica_id)
@@ -125,6 +137,7 @@ class Placer:
         self.likely = LikelyOutput()
         self.correction = TTFTCorrection()
         self.recent = RecentDispatches()
+        self.prefixes = PrefixMemory()
 
     def view(self, pool: str, replica_id: str, stats: Mapping, now: float) -> ReplicaView | None:
         """One replica as the predictor sees it, from the stats it published (None: unpredictable)."""
@@ -132,11 +145,13 @@ class Placer:
         if terms is None:
             return None
         profile = terms.profile
-        if stats.get(P.STAT_GPU_PROFILE) in PROFILES:  # a replica knows its own hardware best
-            profile = PROFILES[stats[P.STAT_GPU_PROFILE]].scaled(float(stats.get(P.STAT_TIME_SCALE, 1.0)))
+        published = profile_named(stats.get(P.STAT_GPU_PROFILE))
+        if published is not None:  # a replica knows its own hardware best
+            profile = published.scaled(float(stats.get(P.STAT_TIME_SCALE, 1.0)))
         if profile is None:
             return None
         added, added_tokens = self.recent.since(replica_id, float(stats.get(P.STAT_TIME, 0.0)), now)
+        self.prefixes.capacity(replica_id, profile.prefix_cache_tokens)
         return ReplicaView(
             replica_id, pool, profile, terms.usd_per_hour, terms.max_model_len,
             running=int(stats.get(P.STAT_RUNNING, 0)),
@@ -154,22 +169,36 @@ class Placer:
         o = self.objectives
         return RequestShape(prompt_tokens, self.likely.tokens, o.ttft_limit_s(prompt_tokens), o.tpot_s)
 
-    def place(self, views: Iterable[ReplicaView], prompt_tokens: int, pools: Collection[str]) -> Placement | None:
-        """The best replica among `pools`' (None: no view of any of them holds the request)."""
+    def place(self, views: Iterable[ReplicaView], prompt_tokens: int, pools: Collection[str],
+              chain: PrefixChain = ()) -> Placement | None:
+        """The best replica among `pools`' (None: no view of any of them holds the request).
+        `chain`: the request's prefix chain in the units of `prompt_tokens` (an estimated one
+        scaled by router.routing.prefix_keys.fit); entries past the prompt are ignored."""
         shape = self.shape(prompt_tokens)
-        order = pick([v for v in views if v.pool in pools], shape)
+        if chain and chain[-1][1] > prompt_tokens:
+            chain = tuple(e for e in chain if e[1] <= prompt_tokens)
+        candidates = [v for v in views if v.pool in pools]
+        if chain:
+            cached = self.prefixes.cached
+            candidates = [replace(v, prefix_cached_tokens=hit) if (hit := cached(v.replica_id, chain)) else v
+                          for v in candidates]
+        order = pick(candidates, shape)
         if not order:
             return None
         pool = order[0].pool
         return Placement(pool, tuple(p.replica_id for p in order if p.pool == pool), tuple(order),
-                         prompt_tokens, shape.likely_output_tokens)
+                         prompt_tokens, shape.likely_output_tokens, tuple(chain))
 
     # ---- what the router learns as requests go -------------------------------------------------
     def dispatched(self, placement: Placement, request_key: str, now: float) -> None:
-        self.recent.add(placement.chosen.replica_id, request_key, placement.prompt_tokens, now)
+        chosen = placement.chosen
+        # Its prefill still to do there: the prompt less the prefix that replica holds.
+        self.recent.add(chosen.replica_id, request_key, placement.prompt_tokens - chosen.prefix_cached_tokens, now)
+        self.prefixes.sent(request_key, chosen.replica_id, placement.chain)
 
     def started(self, request_key: str, replica_id: str) -> None:
         self.recent.move(request_key, replica_id)
+        self.prefixes.started(request_key, replica_id)
 
     def first_token(self, placement: Placement, replica_id: str, ttft_s: float) -> None:
         """The request's first token came `ttft_s` after dispatch: correct its GPU class's

@@ -66,6 +66,8 @@ class Prediction:
     pool: str = ""
     profile: str = ""  # the GPU class's engine model
     ttft_model_s: float = 0.0  # the engine model's TTFT before the observed correction and any drain wait
+    prefix_cached_tokens: int = 0  # of its prompt, predicted cached there (not prefilled again)
+    prefill_share: float = 0.0  # its uncached prompt as a share of the replica's KV
 
     @property
     def meets(self) -> bool:
@@ -81,7 +83,9 @@ def holds(view: ReplicaView, request: RequestShape) -> bool:
 def predict(view: ReplicaView, request: RequestShape) -> Prediction:
     p = view.profile
     out = max(1, request.likely_output_tokens)
-    uncached = max(1, request.prompt_tokens - view.prefix_cached_tokens)
+    # The engine computes at least the prompt's last token (its logits give the first output).
+    cached = max(0, min(view.prefix_cached_tokens, request.prompt_tokens - 1))
+    uncached = max(1, request.prompt_tokens - cached)
     decoding = view.running
     prefill_per_step = max(1, p.max_num_batched_tokens - decoding)
     prefill_ahead = view.queued_prefill_tokens + uncached
@@ -90,8 +94,10 @@ def predict(view: ReplicaView, request: RequestShape) -> Prediction:
     model_ttft = steps * step_fixed + p.prefill_s_per_token * prefill_ahead
     ttft = model_ttft * view.ttft_correction
 
-    # One more decoding sequence, its context growing over its output; the prefill queued behind
-    # the batch is spread over the output's steps (chunks share the steps it decodes in).
+    # One more decoding sequence, its context growing over its output; the requests queued ahead
+    # of it decode beside it once admitted (a queue makes a replica slower per token too, however
+    # little prefill a cached prefix leaves them); their prefill is spread over the output's steps
+    # (chunks share the steps it decodes in).
     context = view.kv_tokens + request.prompt_tokens + out / 2
     tpot = (p.base_s + p.decode_s_per_seq * (decoding + 1) + p.attention_s_per_kv_token * context
             + p.prefill_s_per_token * view.queued_prefill_tokens / out)
@@ -120,7 +126,7 @@ def predict(view: ReplicaView, request: RequestShape) -> Prediction:
     fullness = max(kv_needed / p.kv_capacity_tokens, (view.running + view.waiting + 1) / p.max_num_seqs)
     return Prediction(view.replica_id, ttft, tpot, gpu_s * view.usd_per_hour / 3600, waits, miss,
                       idle_miss(p, request), ttft / request.ttft_limit_s, tpot / request.tpot_limit_s, harm, fullness,
-                      view.pool, p.name, model_ttft)
+                      view.pool, p.name, model_ttft, cached, uncached / p.kv_capacity_tokens)
 
 
 def idle_miss(p: GPUProfile, request: RequestShape) -> float:
@@ -138,7 +144,9 @@ REFERENCE_BATCH = 16  # sequences sharing a step's fixed cost when a request is 
 # first token waits behind a queue that later arrivals do not change but the prediction may misjudge;
 # the time per token is bounded by the engine's batch limits, so it needs less.
 HEADROOM = 0.7  # on TTFT
-TPOT_HEADROOM = 0.95
+TPOT_HEADROOM = float(__import__("os").environ.get("TH", "0.95"))
+import os
+PREFIX_WEIGHT = float(os.environ.get("PW", "4"))
 
 
 def rank(predictions: Iterable[Prediction], headroom: float = HEADROOM) -> list[Prediction]:
@@ -157,7 +165,7 @@ def rank(predictions: Iterable[Prediction], headroom: float = HEADROOM) -> list[
             return (1, q.class_fit > 1.0, q.waits_for_room, q.miss + q.harm, q.usd, q.replica_id)
         # The same load measure for every request (its own miss would sort requests by kind:
         # chats away from long contexts, long prompts to the emptiest batch, and segregate them).
-        return (0, -round(q.class_fit, 2), q.fullness, q.usd, q.replica_id)
+        return (0, -round(q.class_fit, 2), q.fullness + PREFIX_WEIGHT * q.prefill_share, q.usd, q.replica_id)
 
     return sorted(predictions, key=key)
 

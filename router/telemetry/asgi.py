@@ -8,6 +8,7 @@ from `app.state.telemetry` (an IngressTelemetry, set by the ingress replica).
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 from opentelemetry import context as otel_context
@@ -16,7 +17,7 @@ from opentelemetry import propagate, trace
 from router.telemetry.request_trace import RequestTrace, start_request_trace
 
 TRACE_HEADER = b"x-trace-id"
-UNTRACED_PATHS = ("/health",)  # load-balancer probes: no spans, no metrics
+UNTRACED_PATHS = ("/health",)  # load-balancer probes: no spans, no metrics (but an x-trace-id)
 
 
 @dataclass
@@ -42,6 +43,22 @@ def _headers(scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()}
 
 
+def untraced_trace_id(scope) -> str:
+    """The x-trace-id of a request that records no span: the client's trace (traceparent) when
+    it sent one, else a new id, so every answer can be quoted by its trace id alike."""
+    ctx = trace.get_current_span(propagate.extract(_headers(scope))).get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else secrets.token_hex(16)
+
+
+def _with_header(send, name: bytes, value: bytes):
+    async def sending(message):
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (name, value)]}
+        await send(message)
+
+    return sending
+
+
 class TelemetryMiddleware:
     def __init__(self, app):
         self.app = app
@@ -50,8 +67,11 @@ class TelemetryMiddleware:
         telemetry: IngressTelemetry | None = getattr(scope.get("app").state, "telemetry", None) \
             if scope["type"] == "http" and scope.get("app") is not None else None
         path = scope.get("path", "")
-        if telemetry is None or path.removeprefix(scope.get("root_path", "")) in UNTRACED_PATHS:
+        if telemetry is None:
             await self.app(scope, receive, send)
+            return
+        if path.removeprefix(scope.get("root_path", "")) in UNTRACED_PATHS:
+            await self.app(scope, receive, _with_header(send, TRACE_HEADER, untraced_trace_id(scope).encode()))
             return
         method = scope["method"]
         rt = start_request_trace(telemetry.tracer, telemetry.metrics, propagate.extract(_headers(scope)),

@@ -11,6 +11,7 @@ from router.tenancy.errors import UsageQueryRefused
 from router.tenancy.directory import Tenant
 
 MAX_ROWS = 1000
+QUERY_PARAMS = ("tenant", "from", "to", "pool", "limit")
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,13 @@ class UsageQuery:
 
     @classmethod
     def parse(cls, params: Mapping[str, str], caller: Tenant) -> "UsageQuery":
+        for name in QUERY_PARAMS:
+            if "\x00" in params.get(name, ""):  # PostgreSQL text cannot hold it: the client's 400, not a 503
+                raise UsageQueryRefused(f"'{name}' may not contain a NUL character.", name)
         wanted = params.get("tenant")
+        if wanted == "":  # not "every tenant" nor "nobody": say which
+            raise UsageQueryRefused("'tenant' must name a tenant (leave it out for your own usage, or "
+                                    "every tenant's with an admin key).", "tenant")
         if wanted is not None and wanted != caller.name and not caller.admin:
             raise UsageQueryRefused("Only admin keys may read another tenant's usage.", "tenant", forbidden=True)
         tenant = wanted if wanted is not None else (None if caller.admin else caller.name)

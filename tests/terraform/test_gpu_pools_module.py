@@ -27,10 +27,10 @@ TFTEST = MODULE / "tests" / "gpu_pools.tftest.hcl"
 # configs/production.yaml's pools as gpu-pools input (same as the tftest file's good run).
 PRODUCTION_POOLS = {
     "rtx4090": {"accelerator": "RTX4090", "capacity_type": "BYO", "gpus_per_node": 2, "min_nodes": 0,
-                "max_nodes": 4, "tensor_parallel": 2, "max_model_len": 8192, "quantization": "fp8",
+                "max_nodes": 4, "tensor_parallel": 2, "max_model_len": 40960, "quantization": "fp8",
                 "role": "short"},
     "short": {"accelerator": "L40S", "instance_type": "g6e.12xlarge", "gpus_per_node": 4, "min_nodes": 1,
-              "max_nodes": 4, "tensor_parallel": 2, "max_model_len": 16384, "role": "short"},
+              "max_nodes": 4, "tensor_parallel": 2, "max_model_len": 40960, "role": "short"},
     "long": {"accelerator": "H100", "instance_type": "p5.4xlarge", "gpus_per_node": 1, "min_nodes": 1,
              "max_nodes": 4, "tensor_parallel": 1, "max_model_len": 40960, "role": "long"},
 }

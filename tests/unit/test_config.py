@@ -3,7 +3,7 @@ import yaml
 from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
 
-from common.config import AppConfig
+from common.config import AppConfig, Objectives, PoolConfig
 
 
 def local_args():
@@ -17,9 +17,23 @@ def test_local_config_is_a_valid_serve_config_with_two_pools():
     config = AppConfig.from_args(local_args())
     by_name = {p.name: p for p in config.pools}
     assert [p.name for p in config.pools] == ["short", "long"]
-    assert (by_name["short"].max_model_len, by_name["short"].max_prompt_tokens, by_name["short"].num_replicas) == (16_384, 8_192, 2)
+    # Every pool holds the whole context its hardware can: routing, not the config, decides who serves what.
+    assert (by_name["short"].max_model_len, by_name["short"].max_prompt_tokens, by_name["short"].num_replicas) == (40_960, None, 2)
     assert (by_name["long"].max_model_len, by_name["long"].num_replicas) == (40_960, 1)
-    assert config.context_cap == 40_960
+    assert config.context_cap == 40_960 and config.routing == "predicted"
+    assert [(p.profile_name, p.usd_per_hour) for p in config.pools] == [("L40S_TP2", 5.2), ("H100_TP1", 7.0)]
+    # The stubs run 4x faster than the GPUs they emulate: so do the objectives.
+    assert config.objectives.ttft_limit_s(0) == 0.25 and config.objectives.tpot_s == 0.02
+
+
+def test_a_pool_profile_is_named_or_taken_from_its_stub_and_objectives_bound_ttft_by_prompt():
+    pool = {"name": "p", "max_model_len": 1000}
+    assert PoolConfig.model_validate({**pool, "engine": {"kind": "stub", "gpu": "L40S_TP2"}}).profile_name == "L40S_TP2"
+    assert PoolConfig.model_validate({**pool, "engine": {"kind": "stub", "gpu": ["L40S_TP2", "H100_TP1"]}}).profile_name is None
+    assert PoolConfig.model_validate({**pool, "gpu_profile": "H100_TP1"}).profile_name == "H100_TP1"
+    with pytest.raises(ValidationError):
+        PoolConfig.model_validate({**pool, "gpu_profile": "A100"})
+    assert Objectives().ttft_limit_s(20_000) == pytest.approx(3.0)
 
 
 def test_files_and_ledger_env_overrides(monkeypatch):

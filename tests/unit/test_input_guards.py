@@ -157,13 +157,12 @@ async def test_a_chunked_body_over_the_limit_is_a_413_on_a_route_that_parses_a_m
     assert (await post(app, content=chunks())).status_code == 413
 
 
-@pytest.mark.parametrize("extra", [{"stop": ""}, {"stop": ["a", ""]}, {"max_tokens": 10**30}, {"seed": 10**30},
-                                   {"max_completion_tokens": 2**31}])
+@pytest.mark.parametrize("extra", [{"stop": ""}, {"stop": ["a", ""]}, {"seed": 10**30}])
 def test_values_an_engine_would_choke_on_mid_stream_are_refused_up_front(extra):
     refusal(ChatCompletionRequest, {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra})
 
 
-@pytest.mark.parametrize("extra", [{"stop_sequences": [""]}, {"top_k": 10**30}, {"max_tokens": 10**30},
+@pytest.mark.parametrize("extra", [{"stop_sequences": [""]}, {"top_k": 10**30},
                                    {"messages": [{"role": "user", "content": []}]}])
 def test_anthropic_values_refused_up_front(extra):
     from router.wire.anthropic import MessagesRequest

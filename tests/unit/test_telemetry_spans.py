@@ -127,6 +127,27 @@ def test_routing_attributes_of_a_spill_list_candidates_in_order_with_their_load(
     assert exported_attributes(tracer, exporter, attrs) == as_exported(attrs)
 
 
+def test_routing_attributes_of_a_predicted_placement_show_the_best_candidates_of_every_pool(tracer, exporter):
+    from common.config import Objectives
+    from common.engine_model import H100_TP1, L40S_TP2
+    from router.routing.placer import Placer, PoolTerms
+
+    placer = Placer({"short": PoolTerms("short", L40S_TP2, 5.2, CAP), "long": PoolTerms("long", H100_TP1, 7.0, CAP)},
+                    Objectives())
+    views = placer.views([("short", f"s{i}", {"engine_running": i}) for i in range(4)]
+                         + [("long", "l0", {"engine_prefill_tokens": 50_000})], now=0.0)
+    adm = admit(upper_bound=None, count_exact=lambda: 700, max_tokens=100, pools=POOLS, outstanding_tokens={},
+                cap=CAP, policy=OverflowPolicy.CLAMP,
+                place=lambda tokens, fitting: placer.place(views, tokens, {f.name for f in fitting}))
+    attrs = routing_attributes(adm, {})
+    assert attrs[A.ROUTING_REASON] == "predicted" and attrs[A.POOL] == "short"
+    assert attrs[A.PREDICTED_REPLICAS] == ["s0", "s1", "s2", "s3"]  # the idlest L40S first; 4 shown of 5
+    assert attrs[A.PREDICTED_POOLS] == ["short"] * 4 and all(attrs[A.PREDICTED_MEETS])
+    assert attrs[A.PREDICTED_TTFT] == sorted(attrs[A.PREDICTED_TTFT]) and attrs[A.TTFT_CORRECTION] == 1.0
+    assert attrs[A.LIKELY_OUTPUT] == 900 and "replica s0 meets the objectives" in attrs[A.ROUTING_DETAIL]
+    assert exported_attributes(tracer, exporter, attrs) == as_exported(attrs)
+
+
 def test_replica_ranking_attributes_best_first_with_scores():
     loads = [balancing.ReplicaLoad("a", reported_tokens=300, reported_requests=1),
              balancing.ReplicaLoad("c", reported_tokens=100, reported_requests=5),
@@ -496,10 +517,15 @@ async def test_an_unknown_path_is_labelled_unmatched(client, exporter, metrics):
     assert span.name == "GET" and A.HTTP_ROUTE not in span.attributes
 
 
-async def test_health_is_not_traced(client, exporter, metrics):
+async def test_health_is_not_traced_but_carries_a_trace_id(client, exporter, metrics):
     response = await client.get("/health")
-    assert response.status_code == 200 and "x-trace-id" not in response.headers
+    assert response.status_code == 200 and len(response.headers["x-trace-id"]) == 32
     assert exporter.get_finished_spans() == () and metrics.points == []
+    # The client's trace, when it names one (no span of ours in it).
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    response = await client.get("/health", headers={"traceparent": parent})
+    assert response.headers["x-trace-id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert exporter.get_finished_spans() == ()
 
 
 async def test_a_refusal_is_counted_with_its_code(client, exporter, metrics):
@@ -582,3 +608,38 @@ async def test_an_unexpected_exception_answer_carries_x_trace_id(tracer, exporte
         response = await client.get("/boom")
     assert response.status_code == 500
     assert response.headers.get("x-trace-id") == f"{only(exporter).context.trace_id:032x}"
+
+
+async def test_the_ingress_middlewares_keep_route_labels_and_label_a_401_by_its_route(tracer, exporter, metrics):
+    """The ingress stacks HeaderPolicy and AuthMiddleware inside TelemetryMiddleware: the matched
+    route must still reach the telemetry's scope, and a 401 answered before routing is labelled
+    by the route its path names (not `unmatched`)."""
+    from router.http.auth import AuthMiddleware
+    from router.http.header_policy import HeaderPolicy
+    from router.tenancy.directory import Tenant
+
+    class Gate:
+        def authenticate(self, key):
+            return Tenant("alpha") if key == "good" else None
+
+    app = FastAPI()
+    app.add_middleware(AuthMiddleware)
+    app.add_middleware(HeaderPolicy)
+    app.add_middleware(TelemetryMiddleware)
+    app.state.telemetry = IngressTelemetry(tracer, metrics=metrics, capture_content=False)
+    app.state.gate = Gate()
+
+    @app.post("/v1/things/{thing_id}")
+    async def thing(thing_id: str):
+        return {"id": thing_id}
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.post("/v1/things/1", headers={"x-api-key": "good"})).status_code == 200
+        refused = await client.post("/v1/things/2", content=b"{oops")
+        assert refused.status_code == 401 and refused.headers["x-trace-id"]
+    served, unauthorized = (p.tags for p in metrics.of("requests"))
+    assert served == {"tenant": "alpha", "pool": "none", "route": "/v1/things/{thing_id}", "status": "200"}
+    assert unauthorized == {"tenant": "-", "pool": "none", "route": "/v1/things/{thing_id}", "status": "401"}
+    assert metrics.of("refusals")[0].tags["reason"] == "invalid_api_key"
+    assert [s.name for s in exporter.get_finished_spans()] == ["POST /v1/things/{thing_id}"] * 2

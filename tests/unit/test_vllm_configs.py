@@ -33,7 +33,7 @@ def test_production_engine_settings():
     long, short, r4090 = pools["long"], pools["short"], pools["rtx4090"]
     assert (long["accelerator_type"], long["engine_kwargs"]["max_model_len"], long["engine_kwargs"]["tensor_parallel_size"]) == ("H100", 40_960, 1)
     assert long["placement_group_config"]["bundles"] == [{"GPU": 1}]
-    assert (short["accelerator_type"], short["engine_kwargs"]["max_model_len"]) == ("L40S", 16_384)
+    assert (short["accelerator_type"], short["engine_kwargs"]["max_model_len"]) == ("L40S", 40_960)
     assert short["placement_group_config"] == {"bundles": [{"GPU": 1}, {"GPU": 1}], "strategy": "STRICT_PACK"}
     # a 4090 cannot be named by accelerator_type ("G"): the custom resource selects it
     assert "accelerator_type" not in r4090 and r4090["engine_kwargs"]["quantization"] == "fp8"

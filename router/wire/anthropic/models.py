@@ -3,6 +3,8 @@
 Magistral Small 2506 reads text only: a content block of any other type (image, document,
 search_result, server tool blocks...) is refused at validation with a message naming its type.
 Thinking blocks sent back in the history are accepted and dropped (see translate.py).
+Types are strict, as on the OpenAI routes (router/wire/openai/models.py): a string or a boolean
+where a number or a boolean belongs is a 400, not a coerced value.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from router.wire.openai.models import MAX_INT32
+from router.json_nesting import check_nesting
 from router.unicode_text import check_unicode
+from router.wire.openai.models import MAX_INT32, MaxTokens
 
 MODEL_NAME = "Magistral Small 2506"
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 def _unsupported(block_type: object) -> PydanticCustomError:
@@ -178,8 +181,10 @@ class CountTokensRequest(_Body):
 
     @model_validator(mode="before")
     @classmethod
-    def _valid_unicode(cls, data: Any) -> Any:
-        return check_unicode(data)  # a lone surrogate is the client's 400, never the tokenizer's 500
+    def _valid_json(cls, data: Any) -> Any:
+        # Nested too deep or a lone surrogate: the client's 400, never a recursion's or the
+        # tokenizer's 500.
+        return check_unicode(check_nesting(data))
 
     model: str
     messages: list[Message] = Field(min_length=1)
@@ -192,7 +197,7 @@ class CountTokensRequest(_Body):
 class MessagesRequest(CountTokensRequest):
     """POST /v1/messages."""
 
-    max_tokens: int = Field(ge=1, le=MAX_INT32)
+    max_tokens: MaxTokens
     stop_sequences: list[Annotated[str, Field(min_length=1)]] | None = None
     temperature: float | None = Field(None, ge=0, le=1)
     top_p: float | None = Field(None, gt=0, le=1)

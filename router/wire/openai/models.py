@@ -1,28 +1,38 @@
-"""OpenAI request bodies as pydantic models. Unknown fields are ignored, as vLLM does."""
+"""OpenAI request bodies as pydantic models. Unknown fields are ignored, as vLLM does.
+
+Types are strict, as OpenAI's API checks them: `"max_tokens": "5"`, `true` for a number or
+`"stream": "true"` is a 400, not a value coerced (and billed). JSON numbers still fit either
+numeric type where the field is a float (`"temperature": 1`); an integer field takes no 5.0.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from router.json_nesting import check_nesting
 from router.unicode_text import check_unicode
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class _Request(_Body):
-    """A whole request body: every string in it must be valid Unicode (router/unicode_text.py)."""
+    """A whole request body: nested at most router.json_nesting.MAX_DEPTH deep, and every string
+    in it valid Unicode (router/unicode_text.py)."""
 
     @model_validator(mode="before")
     @classmethod
-    def _valid_unicode(cls, data: Any) -> Any:
-        return check_unicode(data)
+    def _valid_json(cls, data: Any) -> Any:
+        return check_unicode(check_nesting(data))
 
 
 MAX_INT32 = 2**31 - 1  # bigger counts mean nothing under a 40 960-token cap, and overflow engines
+# A completion budget: at least 1; above MAX_INT32 read as MAX_INT32, which the context cap then
+# clamps to what is left (or refuses under the `strict` overflow policy) like any budget over it.
+MaxTokens = Annotated[int, Field(ge=1), AfterValidator(lambda n: min(n, MAX_INT32))]
 TEXT_ONLY = "Magistral Small 2506 reads text only: content parts of type '{}' are not supported"
 
 
@@ -76,7 +86,7 @@ class StreamOptions(_Body):
 
 class _Sampling(_Request):
     model: str
-    max_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
+    max_tokens: MaxTokens | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # what engines and OTLP carry
@@ -119,7 +129,7 @@ class _Sampling(_Request):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_INT32)  # newer name for max_tokens
+    max_completion_tokens: MaxTokens | None = None  # newer name for max_tokens
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None  # json_object / json_schema (vLLM pools)

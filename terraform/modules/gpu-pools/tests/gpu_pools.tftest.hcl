@@ -10,7 +10,7 @@ variables {
       min_nodes       = 0
       max_nodes       = 4
       tensor_parallel = 2
-      max_model_len   = 8192
+      max_model_len   = 40960
       quantization    = "fp8"
       role            = "short"
     }
@@ -21,7 +21,7 @@ variables {
       min_nodes       = 1
       max_nodes       = 4
       tensor_parallel = 2
-      max_model_len   = 16384
+      max_model_len   = 40960
       role            = "short"
     }
     long = {
@@ -58,7 +58,7 @@ run "production_pools" {
       custom_resources     = { rtx4090 = 1 }
       tensor_parallel_size = 2
       placement_strategy   = "STRICT_PACK"
-      max_model_len        = 8192
+      max_model_len        = 40960
       quantization         = "fp8"
       model_source         = "/models/Magistral-Small-2506"
     }
@@ -68,10 +68,10 @@ run "production_pools" {
     condition = alltrue([
       output.serve_hints["short"].accelerator_type == "L40S",
       output.serve_hints["short"].tensor_parallel_size == 2,
-      output.serve_hints["short"].max_model_len == 16384,
+      output.serve_hints["short"].max_model_len == 40960,
       length(output.serve_hints["short"].custom_resources) == 0,
     ])
-    error_message = "short serve hints must match configs/production.yaml (L40S, TP 2, 16384)."
+    error_message = "short serve hints must match configs/production.yaml (L40S, TP 2, 40960)."
   }
   assert {
     condition = alltrue([

@@ -1,5 +1,8 @@
 """The engine model, calibrated on the real vLLM CPU engine, predicts that engine's latencies.
 
+In its own folder so that it runs first, before the shared Ray cluster of the cluster tests starts
+(wall-clock timings need a quiet machine; in CI the cluster kept 0.4 CPUs busy and the check skipped).
+
 Runs `python -m deployments.calibrate --quick --temperature 0` on the tiny model in a subprocess
 (its own engine, whose ~4 GiB go when the process exits): fit the step-time constants to the
 engine's timed steps, then replay one seeded trace on the engine and on EngineModel(fitted
