@@ -29,15 +29,17 @@ class Job:
     prefix_key: str | None
     prefix_tokens: int
     # Cumulative shareable prefixes, shortest first: (key, tokens). Entries past the prompt are its
-    # prompt with its answer (a later turn reuses them). Empty: the one prefix_key, if any.
+    # prompt with its answer (a later turn reuses them). Empty: its prefix_key, if any, then its
+    # whole prompt (cached too, as vLLM caches every block; no other job shares it).
     chain: tuple[tuple[str, int], ...] = ()
 
     @property
     def prefix_chain(self) -> tuple[tuple[str, int], ...]:
-        """What the engine may share of this job (prompt and answer)."""
+        """What the engine caches of this job (its prompt, and for a conversation its answer)."""
         if self.chain:
             return self.chain
-        return ((self.prefix_key, self.prefix_tokens),) if self.prefix_key and self.prefix_tokens else ()
+        shared = ((self.prefix_key, self.prefix_tokens),) if self.prefix_key and self.prefix_tokens else ()
+        return shared + ((self.job_id, self.prompt_tokens),) if self.prompt_tokens > self.prefix_tokens else shared
 
     @property
     def prompt_chain(self) -> tuple[tuple[str, int], ...]:

@@ -15,7 +15,6 @@ What it models, after vllm/v1/core/sched/scheduler.py (`Scheduler.schedule`):
   recently admitted running request is preempted: its KV is freed and it goes back to the front
   of the waiting queue, to prefill prompt and generated tokens again (recompute).
 - The step that completes a request's prefill samples its first token; each decode step one more.
-
 - Prefix caching: a request carries its prefix chain, the cumulative prefixes of its tokens that
   other requests may share (a tenant's system prompt, then each earlier turn of its conversation,
   then its own prompt, then its prompt with its answer). As vLLM's block hashes chain each block

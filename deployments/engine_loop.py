@@ -61,9 +61,9 @@ class EngineLoop:
         self.busy_s = 0.0  # modelled engine time spent in steps
 
     def submit(self, request_id: str, prompt_tokens: int, output_tokens: int,
-               prefix_key: str | None = None, prefix_tokens: int = 0) -> Progress:
+               prefix_key: str | None = None, prefix_tokens: int = 0, chain: PrefixChain = ()) -> Progress:
         """Queue a request; raises ValueError when the engine cannot take it (see EngineModel.add)."""
-        self._engine.add(request_id, prompt_tokens, output_tokens, prefix_key, prefix_tokens)
+        self._engine.add(request_id, prompt_tokens, output_tokens, prefix_key, prefix_tokens, chain)
         progress = self._progress[request_id] = Progress()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from ray import serve
 
 from deployments.engine_loop import EngineLoop
+from common import prefix_keys
 from common.engine_model import PROFILES, published_stats
 from common.protocol import STAT_KV_USAGE, STAT_RUNNING, STAT_WAITING, GenerateRequest, delta_event, end_event, error_event
 from deployments.reasoning_split import RawText, ThinkSplitter
@@ -37,7 +36,6 @@ from common.telemetry.replica_metrics import ReplicaMetrics
 from common.telemetry.otel_setup import configure_tracing
 from common.tokens import TekkenCounter
 
-PREFIX_COUNTS_KEPT = 1024  # distinct system prompts whose token count is remembered
 # Tokens never held back by emit_interval_ms: the first visible text may take a few (the stub's
 # `<think>` tag is split out before any reasoning shows), and time to first token must be exact.
 EAGER_TOKENS = 8
@@ -66,7 +64,6 @@ class StubReplica:
         self._emit_interval_s = float(emit_interval_ms) / 1000.0
         self._counter = TekkenCounter(tokenizer_path)
         self._filler = self._counter.encode_text(FILLER_TEXT, bos=False)
-        self._prefix_counts: OrderedDict[str, int] = OrderedDict()
         self._seq = itertools.count()
         self._envelope = ReplicaEnvelope(ReplicaIdentity.current(pool, accelerator),
                                          configure_tracing(f"replica:{pool}"), ReplicaMetrics(pool, accelerator))
@@ -145,8 +142,9 @@ class StubReplica:
         """Tokens generated so far, as the replica's engine loop produces them (coalesced when
         this reader is slower than the steps, or by `emit_interval_ms`)."""
         engine_id = f"{request.request_id}#{next(self._seq)}"
-        prefix_key, prefix_tokens = self._prefix(request, prompt_tokens)
-        progress = self._engine.submit(engine_id, prompt_tokens, n, prefix_key, prefix_tokens)
+        # The prefixes vLLM's cache would share, keyed as the router's memory keys them.
+        chain = prefix_keys.fit(prefix_keys.request_chain(request.kind, request.messages, request.prompt), prompt_tokens)
+        progress = self._engine.submit(engine_id, prompt_tokens, n, chain=chain)
         try:
             while True:
                 await progress.changed.wait()
@@ -161,21 +159,6 @@ class StubReplica:
         finally:
             if not progress.finished:
                 self._engine.cancel(engine_id)  # the client left or a stop string ended it
-
-    def _prefix(self, request: GenerateRequest, prompt_tokens: int) -> tuple[str | None, int]:
-        """A chat's system message is its shared prefix (vLLM's prefix cache keys on the same)."""
-        messages = request.messages or []
-        if request.kind != "chat" or not messages or messages[0].get("role") != "system":
-            return None, 0
-        content = messages[0].get("content")
-        text = content if isinstance(content, str) else repr(content)
-        key = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-        tokens = self._prefix_counts.get(key)
-        if tokens is None:
-            tokens = self._prefix_counts[key] = self._counter.count_text(text)
-            if len(self._prefix_counts) > PREFIX_COUNTS_KEPT:
-                self._prefix_counts.popitem(last=False)
-        return key, max(0, min(tokens, prompt_tokens - 1))
 
     async def _decode(self, ids: list[int], ticks: AsyncIterator[int], finish_reason: str,
                       stops: list[str], prompt_tokens: int, split: bool) -> AsyncIterator[dict]:

@@ -67,6 +67,7 @@ PREDICTED_POOLS = "magistral.routing.predicted.pools"
 PREDICTED_TTFT = "magistral.routing.predicted.ttft_s"
 PREDICTED_TPOT = "magistral.routing.predicted.tpot_s"
 PREDICTED_MEETS = "magistral.routing.predicted.meets"
+PREDICTED_CACHED = "magistral.routing.predicted.prefix_cached_tokens"  # of its prompt, held there (router's memory)
 LIKELY_OUTPUT = "magistral.routing.predicted.likely_output_tokens"
 TTFT_CORRECTION = "magistral.routing.predicted.ttft_correction"
 ACTUAL_TTFT = "magistral.routing.actual_ttft_s"

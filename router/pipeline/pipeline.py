@@ -31,6 +31,7 @@ from router.admission import Admission, admit, bound_decides, effective_cap, nee
 from router.context_cap import ContextLengthExceeded
 from router.pipeline.context import RequestContext
 from router.routing.load_book import LoadBook
+from common import prefix_keys
 from router.routing.placer import Placement, Placer, pool_terms
 from router.routing.pools import PoolLimits, allowed_pools, pool_limits
 from router.telemetry.span_attributes import admission_attributes, quota_attributes, routing_attributes
@@ -166,7 +167,7 @@ class Pipeline:
                 account = await self.reserve(ctx, admission, span)
             except BaseException:
                 if self.placer is not None:
-                    self.placer.recent.forget(ctx.request_key)
+                    self.placer.forget(ctx.request_key)
                 raise
         placed = await self.route(ctx, admission, account)
         answer = answer_for(admission)
@@ -190,7 +191,7 @@ class Pipeline:
             counted = await asyncio.to_thread(guard_prompt, lambda: self._count(ctx))
         # From here to the placement's booking nothing awaits: a burst's requests each see the
         # ones placed before them.
-        place = self._place_over_snapshot()
+        place = self._place_over_snapshot(ctx)
         try:
             admission = guard_prompt(lambda: admit(
                 upper_bound=bound, count_exact=lambda: self._count(ctx) if counted is None else counted,
@@ -206,15 +207,19 @@ class Pipeline:
         ctx.trace.record.pool, ctx.trace.record.routing_reason = admission.pool, admission.choice.kind
         return admission
 
-    def _place_over_snapshot(self) -> Callable[[int, Sequence[PoolLimits]], Placement | None] | None:
-        """The placement over the replicas' stats as they are now."""
+    def _place_over_snapshot(self, ctx: RequestContext
+                             ) -> Callable[[int, Sequence[PoolLimits]], Placement | None] | None:
+        """The placement over the replicas' stats as they are now, with the request's prefix
+        chain (its estimated token counts scaled to the count the placement predicts with)."""
         if self.placer is None:
             return None
         views = self.placer.views(self._fleet_stats(), self._clock())
         if not views:
             return None
         placer = self.placer
-        return lambda tokens, fitting: placer.place(views, tokens, {p.name for p in fitting})
+        chain = prefix_keys.request_chain(ctx.kind, ctx.messages, ctx.prompt)
+        return lambda tokens, fitting: placer.place(views, tokens, {p.name for p in fitting},
+                                                    prefix_keys.fit(chain, tokens))
 
     def _upper_bound(self, ctx: RequestContext) -> int | None:
         if ctx.exact:

@@ -10,7 +10,7 @@ requests really have (the median of recent answers, which the prediction's time 
 room depend on), how far each GPU class's predicted time to first token is from what its
 replicas deliver (router/routing/correction.py), and which replica holds which prefix
 (router/routing/prefix_memory.py: what it sent where, forgotten as the engine's prefix cache
-would evict it). A request's prefix chain (router/routing/prefix_keys.py) is matched against each
+would evict it). A request's prefix chain (common/prefix_keys.py) is matched against each
 replica's memory and the match becomes the view's `prefix_cached_tokens`: a shorter predicted
 prefill, weighed against that replica's queue by router.routing.predict.
 """
@@ -163,6 +163,7 @@ class Placer:
 
     def views(self, rows: Iterable[tuple[str, str, Mapping]], now: float) -> list[ReplicaView]:
         """Rows of (pool, replica id, published stats) -> the views that can be predicted."""
+        self.prefixes.advance(now)
         return [v for pool, rid, stats in rows if (v := self.view(pool, rid, stats, now)) is not None]
 
     def shape(self, prompt_tokens: int) -> RequestShape:
@@ -173,7 +174,7 @@ class Placer:
               chain: PrefixChain = ()) -> Placement | None:
         """The best replica among `pools`' (None: no view of any of them holds the request).
         `chain`: the request's prefix chain in the units of `prompt_tokens` (an estimated one
-        scaled by router.routing.prefix_keys.fit); entries past the prompt are ignored."""
+        scaled by common.prefix_keys.fit); entries past the prompt are ignored."""
         shape = self.shape(prompt_tokens)
         if chain and chain[-1][1] > prompt_tokens:
             chain = tuple(e for e in chain if e[1] <= prompt_tokens)
@@ -194,11 +195,17 @@ class Placer:
         chosen = placement.chosen
         # Its prefill still to do there: the prompt less the prefix that replica holds.
         self.recent.add(chosen.replica_id, request_key, placement.prompt_tokens - chosen.prefix_cached_tokens, now)
-        self.prefixes.sent(request_key, chosen.replica_id, placement.chain)
+        self.prefixes.sent(request_key, chosen.replica_id, placement.chain, ready_at=now + chosen.ttft_s)
 
     def started(self, request_key: str, replica_id: str) -> None:
         self.recent.move(request_key, replica_id)
         self.prefixes.started(request_key, replica_id)
+
+    def forget(self, request_key: str) -> None:
+        """The request never reached a replica (its quota refused it, say): neither its load nor
+        its prefixes are there."""
+        self.recent.forget(request_key)
+        self.prefixes.forget(request_key)
 
     def first_token(self, placement: Placement, replica_id: str, ttft_s: float) -> None:
         """The request's first token came `ttft_s` after dispatch: correct its GPU class's

@@ -13,7 +13,9 @@ finish (a crude drain estimate: the prediction says so in `waits_for_room`).
 `pick` then orders candidates: those predicted to meet the request's objectives (with headroom)
 first, cheapest in dollars for this request's GPU-seconds, then the rest by how far they miss.
 There is no pool preference and no spill threshold: a cheap replica is used while it keeps the
-objectives, and not past that.
+objectives, and not past that. A replica predicted to hold the request's prefix
+(`prefix_cached_tokens`, from the router's memory, router/routing/prefix_memory.py) prefills
+less: a shorter TTFT, and among replicas meeting the objectives a lighter load (see `rank`).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class Prediction:
     profile: str = ""  # the GPU class's engine model
     ttft_model_s: float = 0.0  # the engine model's TTFT before the observed correction and any drain wait
     prefix_cached_tokens: int = 0  # of its prompt, predicted cached there (not prefilled again)
-    prefill_share: float = 0.0  # its uncached prompt as a share of the replica's KV
+    prefill_share: float = 0.0  # its prefill there (the uncached prompt) as a share of its GPU-seconds
 
     @property
     def meets(self) -> bool:
@@ -126,7 +128,7 @@ def predict(view: ReplicaView, request: RequestShape) -> Prediction:
     fullness = max(kv_needed / p.kv_capacity_tokens, (view.running + view.waiting + 1) / p.max_num_seqs)
     return Prediction(view.replica_id, ttft, tpot, gpu_s * view.usd_per_hour / 3600, waits, miss,
                       idle_miss(p, request), ttft / request.ttft_limit_s, tpot / request.tpot_limit_s, harm, fullness,
-                      view.pool, p.name, model_ttft, cached, uncached / p.kv_capacity_tokens)
+                      view.pool, p.name, model_ttft, cached, p.prefill_s_per_token * uncached / gpu_s)
 
 
 def idle_miss(p: GPUProfile, request: RequestShape) -> float:
@@ -144,9 +146,7 @@ REFERENCE_BATCH = 16  # sequences sharing a step's fixed cost when a request is 
 # first token waits behind a queue that later arrivals do not change but the prediction may misjudge;
 # the time per token is bounded by the engine's batch limits, so it needs less.
 HEADROOM = 0.7  # on TTFT
-TPOT_HEADROOM = float(__import__("os").environ.get("TH", "0.95"))
-import os
-PREFIX_WEIGHT = float(os.environ.get("PW", "4"))
+TPOT_HEADROOM = 0.95
 
 
 def rank(predictions: Iterable[Prediction], headroom: float = HEADROOM) -> list[Prediction]:
@@ -154,7 +154,13 @@ def rank(predictions: Iterable[Prediction], headroom: float = HEADROOM) -> list[
     first (ties on id keep the order fixed). Among those meeting them: the GPU class that fits the
     request most tightly first (a chat goes to the class that just holds its objectives, leaving
     faster classes to what only they can serve), the least loaded replica of it first, then the
-    cheapest. (Cheapest class first was measured and lost: at $7/h per H100 vs $5.2/h per L40S
+    cheapest. The load of a replica for a request is its fullness (KV and sequence slots) plus
+    the share of the request's GPU-seconds its uncached prefill is there: prefix-cache affinity
+    that yields once the holder is fuller than the prefill it saves is worth, or misses the
+    objectives (a hot prefix spreads: every replica it goes to then holds it too). Measured on
+    seeds 101-103 against a weight on the prefill share: 1 (none) served the prefix-heavy workload
+    best and left REASONING_MIX as it was; a share of KV instead of work (x4-16) did worse on one
+    or the other. (Cheapest class first was measured and lost: at $7/h per H100 vs $5.2/h per L40S
     pair the H100 is cheaper per token for every request shape, so everything went there.)"""
 
     def key(q: Prediction):
@@ -164,8 +170,10 @@ def rank(predictions: Iterable[Prediction], headroom: float = HEADROOM) -> list[
             # out of room (it would preempt running sequences), then the least missing.
             return (1, q.class_fit > 1.0, q.waits_for_room, q.miss + q.harm, q.usd, q.replica_id)
         # The same load measure for every request (its own miss would sort requests by kind:
-        # chats away from long contexts, long prompts to the emptiest batch, and segregate them).
-        return (0, -round(q.class_fit, 2), q.fullness + PREFIX_WEIGHT * q.prefill_share, q.usd, q.replica_id)
+        # chats away from long contexts, long prompts to the emptiest batch, and segregate them),
+        # plus the share of the request's own work its prefill is there: a replica holding its
+        # prefix wins while it is not fuller by more than the prefill that prefix saves.
+        return (0, -round(q.class_fit, 2), q.fullness + q.prefill_share, q.usd, q.replica_id)
 
     return sorted(predictions, key=key)
 

@@ -64,6 +64,7 @@ def prediction_attributes(placement: Placement, top: int = PREDICTIONS_ON_SPAN) 
         A.PREDICTED_TTFT: [round(p.ttft_s, 4) for p in shown],
         A.PREDICTED_TPOT: [round(p.tpot_s, 4) for p in shown],
         A.PREDICTED_MEETS: [p.miss <= 1.0 for p in shown],
+        A.PREDICTED_CACHED: [p.prefix_cached_tokens for p in shown],
         A.LIKELY_OUTPUT: placement.likely_output_tokens,
         A.TTFT_CORRECTION: round(placement.chosen.ttft_s / placement.chosen.ttft_model_s, 3)
         if placement.chosen.ttft_model_s and not placement.chosen.waits_for_room else 1.0,

@@ -88,3 +88,26 @@ def test_the_routing_span_shows_the_predictions_and_the_request_span_the_ttft_it
     assert route["magistral.routing.predicted.meets"][0] is True
     actual = [s.attributes["magistral.routing.actual_ttft_s"] for s in spans if "magistral.routing.actual_ttft_s" in s.attributes]
     assert len(actual) == 1 and 0 < actual[0] < 5
+
+
+def test_a_conversations_next_turn_finds_the_replica_holding_its_prefix(predicted, auth, counter, otlp_receiver):
+    system = {"role": "system", "content": "You answer about birds. " + "Context. " * 3000}
+    first = [system, {"role": "user", "content": "Name a bird."}]
+    one = chat(predicted, auth, first, 20)
+    assert one.status_code == 200, one.text
+    answer = one.json()["choices"][0]["message"]["content"] or "A robin."  # 20 tokens may all be thinking
+    trace_id = os.urandom(16).hex()
+    headers = {**auth, "traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"}
+    second = httpx.post(f"{predicted}/v1/chat/completions", headers=headers, timeout=60, json={
+        "model": MODEL, "max_tokens": 20,
+        "messages": first + [{"role": "assistant", "content": answer}, {"role": "user", "content": "Another."}]})
+    assert second.status_code == 200, second.text
+    spans = otlp_receiver.wait_for(trace_id, lambda ss: any(s.name == "route" for s in ss))
+    route = next(s for s in spans if s.name == "route").attributes
+    # The router remembers where it sent the first turn: the system prompt and first question are
+    # predicted cached there (~ the first turn's prompt), nowhere else.
+    replicas = route["magistral.routing.predicted.replicas"]
+    cached = dict(zip(replicas, route["magistral.routing.predicted.prefix_cached_tokens"]))
+    assert cached[one.headers["x-replica"]] > 0.8 * one.json()["usage"]["prompt_tokens"]
+    assert all(tokens == 0 for rid, tokens in cached.items() if rid != one.headers["x-replica"])
+    assert second.headers["x-replica"] == one.headers["x-replica"]

@@ -143,6 +143,7 @@ def test_routing_attributes_of_a_predicted_placement_show_the_best_candidates_of
     assert attrs[A.ROUTING_REASON] == "predicted" and attrs[A.POOL] == "short"
     assert attrs[A.PREDICTED_REPLICAS] == ["s0", "s1", "s2", "s3"]  # the idlest L40S first; 4 shown of 5
     assert attrs[A.PREDICTED_POOLS] == ["short"] * 4 and all(attrs[A.PREDICTED_MEETS])
+    assert attrs[A.PREDICTED_CACHED] == [0, 0, 0, 0]  # no prefix sent anywhere yet
     assert attrs[A.PREDICTED_TTFT] == sorted(attrs[A.PREDICTED_TTFT]) and attrs[A.TTFT_CORRECTION] == 1.0
     assert attrs[A.LIKELY_OUTPUT] == 900 and "replica s0 meets the objectives" in attrs[A.ROUTING_DETAIL]
     assert exported_attributes(tracer, exporter, attrs) == as_exported(attrs)
