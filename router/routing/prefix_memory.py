@@ -17,7 +17,6 @@ was full), `started` moves what that dispatch added to where it runs.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
 
 from common.engine_model import ChainCache, PrefixChain
 
