@@ -254,9 +254,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.8, help="requests per GPU-second on the local fleet")
     parser.add_argument("--workers", type=int, default=2, help="simulator processes")
     parser.add_argument("--skip-local", action="store_true", help="the simulator only")
+    parser.add_argument("--duration", type=float, default=None, help="GPU-seconds of arrivals per local run")
     args = parser.parse_args()
     seeds = (1,) if args.quick else (1, 2, 3)
-    duration = 105.0 if args.quick else 240.0  # GPU-seconds of arrivals (35 s / 80 s here)
+    duration = args.duration or (105.0 if args.quick else 240.0)  # GPU-seconds of arrivals (35 s / 80 s here)
     # After the last arrival, long enough for a request that meets its objectives to finish
     # (the longest output at the TPOT objective, plus a long prompt's TTFT): later is a miss.
     drain = (OUTPUT_CAP * SLO().tpot_s + SLO().ttft_limit_s(30_000)) / TIME_SCALE + 5.0
