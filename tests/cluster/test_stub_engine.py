@@ -38,11 +38,13 @@ def test_loaded_replica_queues_and_its_ttft_grows_then_recovers(local_cluster, r
     try:
         with httpx.Client(timeout=120, headers=auth) as client:
             idle = min(stream_ttft(client, url, "hello") for _ in range(3))
-            body = {"model": "magistral-small-2506", "messages": [{"role": "user", "content": DOCUMENT}],
-                    "max_tokens": 50}
+            def body(i: int) -> dict:  # distinct documents: identical ones would share the prefix cache
+                return {"model": "magistral-small-2506", "messages": [{"role": "user", "content": f"{i}: {DOCUMENT}"}],
+                        "max_tokens": 50}
+
             with concurrent.futures.ThreadPoolExecutor(40) as burst:
                 # 40 x ~6 050 tokens = 242k: more than the 200k-token KV cache holds
-                futures = [burst.submit(client.post, f"{url}/v1/chat/completions", json=body) for _ in range(40)]
+                futures = [burst.submit(client.post, f"{url}/v1/chat/completions", json=body(i)) for i in range(40)]
                 deadline, loaded_stats = time.monotonic() + 30, {}
                 while time.monotonic() < deadline:
                     loaded_stats = pool.stats.remote().result()
