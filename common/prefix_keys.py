@@ -29,8 +29,9 @@ import json
 from collections.abc import Sequence
 
 from common.engine_model import PrefixChain
+from common.tokens import BYTES_PER_TOKEN_ESTIMATE
 
-BYTES_PER_TOKEN = 4  # as router/admission.py's BOUND_BYTES_PER_TOKEN (kept equal by a test)
+BYTES_PER_TOKEN = BYTES_PER_TOKEN_ESTIMATE  # the same estimate as the admission's
 MAX_CHAIN = 24
 TEXT_BLOCK_BYTES = 4096  # ~1k tokens
 _MESSAGE_OVERHEAD_BYTES = 48  # role, keys and control tokens of one rendered message, roughly

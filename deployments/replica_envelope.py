@@ -34,6 +34,7 @@ from opentelemetry import trace
 
 from common.protocol import DELTA, END, STAT_TIME, GenerateRequest, start_event
 from common.telemetry.replica_span import GenerationSpan
+from common.tokens import BYTES_PER_TOKEN_ESTIMATE
 from deployments.replica_load import ReplicaIdentity, ReplicaLoadTracker
 
 
@@ -55,13 +56,13 @@ Admit = Callable[[GenerateRequest, dict[str, str]], Admission | dict]
 
 
 def prompt_estimate(request: GenerateRequest, admission: Admission) -> int:
-    """The prompt's tokens as far as known here: the count, else the router's byte bound over 4
-    (Tekken's ~4 bytes per token of English), for the prefill-queued estimate only."""
+    """The prompt's tokens as far as known here: the count, else the router's byte bound over
+    common.tokens.BYTES_PER_TOKEN_ESTIMATE, for the prefill-queued estimate only."""
     if admission.prompt_tokens is not None:
         return admission.prompt_tokens
     if request.prompt_tokens is not None:
         return request.prompt_tokens
-    return request.prompt_tokens_bound // 4
+    return request.prompt_tokens_bound // BYTES_PER_TOKEN_ESTIMATE
 
 
 class GaugeSink(Protocol):

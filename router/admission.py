@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from common.tokens import BYTES_PER_TOKEN_ESTIMATE
 from router.context_cap import OverflowPolicy, apply_cap
 from router.routing.placer import Placement
 from router.routing.pools import PoolChoice, PoolLimits, choose_pool, largest_context, pools_that_hold
 
-# The byte bound overstates tokens (Tekken averages ~4 bytes per token of English, 3 of CJK); a
-# prediction from an uncounted prompt uses the bound over this. The replica still counts exactly.
-BOUND_BYTES_PER_TOKEN = 4
+# A prediction from an uncounted prompt uses the byte bound over this. The replica counts exactly.
+BOUND_BYTES_PER_TOKEN = BYTES_PER_TOKEN_ESTIMATE
 
 
 @dataclass(frozen=True)

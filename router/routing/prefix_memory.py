@@ -16,6 +16,8 @@ was full), `started` moves what that dispatch added to where it runs.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import OrderedDict
 
 from common.engine_model import ChainCache, PrefixChain
@@ -31,6 +33,10 @@ class PrefixMemory:
         self._default = default_capacity
         # request key -> [replica, chain, ready_at, keys that dispatch added there (None: not yet stored)]
         self._pending: OrderedDict[str, list] = OrderedDict()
+        # (ready_at, order, request key) of dispatches not yet stored: `advance` pops only the due
+        # ones instead of walking every pending dispatch on every request.
+        self._due: list[tuple[float, int, str]] = []
+        self._order = itertools.count()
 
     def capacity(self, replica_id: str, tokens: int) -> None:
         """The replica's prefix cache holds `tokens` (its GPU profile's prefix_cache_tokens)."""
@@ -57,6 +63,8 @@ class PrefixMemory:
             self._pending.popitem(last=False)
         if ready_at is None:
             self._store(entry)
+        else:
+            heapq.heappush(self._due, (ready_at, next(self._order), request_key))
 
     def _store(self, entry: list) -> None:
         cache = self._cache(entry[0])
@@ -65,8 +73,10 @@ class PrefixMemory:
 
     def advance(self, now: float) -> None:
         """Prefixes whose prefill is predicted done by `now` are cached from now on."""
-        for entry in self._pending.values():
-            if entry[3] is None and entry[2] <= now:
+        while self._due and self._due[0][0] <= now:
+            _, _, request_key = heapq.heappop(self._due)
+            entry = self._pending.get(request_key)
+            if entry is not None and entry[3] is None and entry[2] <= now:  # not forgotten, dropped or re-sent since
                 self._store(entry)
 
     def started(self, request_key: str, replica_id: str) -> None:
