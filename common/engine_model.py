@@ -21,22 +21,25 @@ What it models, after vllm/v1/core/sched/scheduler.py (`Scheduler.schedule`):
   to its parent, a request reuses the longest run of its chain cached from the start (a later
   turn reuses the earlier turn's prompt AND its generated answer: vLLM caches the blocks of
   generated tokens too); a prefix is cached as soon as the request has computed it.
+- KV sharing, as vLLM's block pool (common/prefix_cache.py SharedKV): running requests that use
+  the same cached segment hold it once (reference counts); a segment no request uses stays cached
+  in the free part of the pool and is evicted, least recently used first, only when new KV needs
+  the room. So a tenant's system prompt costs its replica's KV once however many of its chats run.
 
-Simplifications (deliberate): KV counted in tokens, not 16-token blocks; every request holds the
-KV of its whole context, even the part shared through the prefix cache (vLLM shares those blocks);
-the prefix cache is its own LRU of chain segments bounded by `prefix_cache_tokens` (vLLM keeps
-cached blocks in the free part of the KV pool, per block), touched deepest segment first so a
-shared root (the system prompt) outlives the conversations under it, as vLLM frees a request's
-blocks tail first; no speculative decoding, no `long_prefill_token_threshold`, no async scheduling.
+Simplifications (deliberate): KV counted in tokens, not 16-token blocks, and shared in chain
+segments (a prefix shared by two requests that both computed it before either finished stays two
+private copies, as vLLM keeps a block computed twice); no speculative decoding, no
+`long_prefill_token_threshold`, no async scheduling.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Hashable, Sequence
+from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 
 from common import protocol as P
+from common.prefix_cache import PrefixChain, SharedKV, check_chain
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,6 @@ class GPUProfile:
     # Reading one cached token's K and V (160 KiB in bf16, split across TP ranks) for attention, per
     # token of context of every request in the batch; grows with batch x context length.
     attention_s_per_kv_token: float
-    prefix_cache_tokens: int  # capacity of the prefix cache (shared prompt prefixes), in tokens
 
     def step_s(self, prefill_tokens: int, decoding_seqs: int, kv_tokens_in_batch: int) -> float:
         return (self.base_s + self.prefill_s_per_token * prefill_tokens
@@ -111,7 +113,6 @@ H100_TP1 = GPUProfile(
     prefill_s_per_token=85e-6,
     decode_s_per_seq=60e-6,
     attention_s_per_kv_token=70e-9,
-    prefix_cache_tokens=40_000,  # a quarter of the KV pool left to cached prefixes
 )
 
 # 2x L40S 48 GB (pool "short"), TP 2 over PCIe (no NVLink), bf16. NVIDIA L40S datasheet: 864 GB/s
@@ -131,7 +132,6 @@ L40S_TP2 = GPUProfile(
     prefill_s_per_token=165e-6,
     decode_s_per_seq=100e-6,
     attention_s_per_kv_token=125e-9,
-    prefix_cache_tokens=50_000,
 )
 
 # 2x RTX 4090 24 GB (pool "rtx4090", BYO hosts), TP 2, FP8 weights. NVIDIA Ada (AD102) whitepaper:
@@ -151,7 +151,6 @@ RTX4090_FP8_TP2 = GPUProfile(
     prefill_s_per_token=260e-6,
     decode_s_per_seq=120e-6,
     attention_s_per_kv_token=110e-9,
-    prefix_cache_tokens=25_000,
 )
 
 PROFILES: dict[str, GPUProfile] = {"H100_TP1": H100_TP1, "L40S_TP2": L40S_TP2, "RTX4090_FP8_TP2": RTX4090_FP8_TP2}
@@ -191,96 +190,16 @@ class EngineStats:
     kv_usage: float  # 0..1 of kv_capacity_tokens
     queued_tokens: int  # prompt tokens not yet in KV + completion tokens not yet generated
     prefill_tokens: int = 0  # prefill still to do: prompt (and, after a preemption, generated) tokens not in KV
+    context_tokens: int = 0  # prompt + generated tokens of every request held (attention reads them per step)
+    prefilled_total: int = 0  # prefill tokens computed since the engine started (a counter)
 
 
 def published_stats(stats: EngineStats, profile: str, time_scale: float = 1.0) -> dict:
     """What a replica running this engine publishes with its routing stats (common.protocol)."""
     return {P.STAT_RUNNING: stats.running, P.STAT_WAITING: stats.waiting, P.STAT_KV_USAGE: stats.kv_usage,
-            P.STAT_PREFILL_TOKENS: stats.prefill_tokens, P.STAT_GPU_PROFILE: profile, P.STAT_TIME_SCALE: time_scale}
-
-
-# A prefix chain: (key, tokens) of a request's cumulative prefixes, shortest first, tokens strictly
-# increasing. A key names the whole prefix up to it (a hash chained over everything before it), so
-# any in-order subset of a chain is a chain too.
-PrefixChain = Sequence[tuple[Hashable, int]]
-
-
-def check_chain(chain: PrefixChain) -> None:
-    previous = 0
-    for _, tokens in chain:
-        if tokens <= previous:
-            raise ValueError("a prefix chain's token counts must be positive and strictly increasing")
-        previous = tokens
-
-
-class ChainCache:
-    """An LRU of prefix-chain segments bounded by `capacity` tokens: what one replica's prefix
-    cache holds. Each key holds its segment, the tokens between its parent entry and itself, so a
-    prefix shared by many chains (a system prompt) is held, and counted, once. A chain matches
-    as far as its entries are cached without a gap from its start (a segment whose parent was
-    evicted cannot be reached, as vLLM finds a block only through its parent's hash).
-
-    Used by the engine model (what the engine holds) and by the router's memory of what it sent
-    where (router/routing/prefix_memory.py): the same rules, so the router forgets what the
-    engine evicts."""
-
-    __slots__ = ("capacity", "_entries", "_used")
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._entries: OrderedDict[Hashable, tuple[int, int]] = OrderedDict()  # key -> (segment, cumulative)
-        self._used = 0
-
-    @property
-    def used_tokens(self) -> int:
-        return self._used
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._entries
-
-    def tokens(self, key: Hashable) -> int:
-        """The cumulative tokens of the prefix `key` names, if cached (0: not cached)."""
-        entry = self._entries.get(key)
-        return entry[1] if entry else 0
-
-    def match(self, chain: PrefixChain, limit: int | None = None) -> tuple[int, int]:
-        """(entries, tokens) of `chain` cached from its start, among entries of at most `limit`
-        tokens (the request's own chain entry counts, as given). Does not touch the LRU order."""
-        entries = tokens = 0
-        for key, cumulative in chain:
-            if (limit is not None and cumulative > limit) or key not in self._entries:
-                break
-            entries, tokens = entries + 1, cumulative
-        return entries, tokens
-
-    def store(self, chain: PrefixChain) -> None:
-        """Cache (or refresh) every entry of `chain`, deepest first, so its root is the most
-        recently used; then evict the least recently used segments beyond the capacity. A
-        segment larger than the whole cache is not stored."""
-        entries = self._entries
-        previous = [0] + [tokens for _, tokens in chain[:-1]]
-        for (key, cumulative), parent in zip(reversed(chain), reversed(previous)):
-            held = entries.get(key)
-            if held is not None:
-                entries.move_to_end(key)
-                continue
-            segment = cumulative - parent
-            if segment > self.capacity:
-                continue
-            entries[key] = (segment, cumulative)
-            self._used += segment
-        while self._used > self.capacity:
-            _, (segment, _) = entries.popitem(last=False)
-            self._used -= segment
-
-    def discard(self, keys: Sequence[Hashable]) -> None:
-        for key in keys:
-            entry = self._entries.pop(key, None)
-            if entry is not None:
-                self._used -= entry[0]
+            P.STAT_PREFILL_TOKENS: stats.prefill_tokens, P.STAT_CONTEXT_TOKENS: stats.context_tokens,
+            P.STAT_PREFILLED_TOTAL: stats.prefilled_total,
+            P.STAT_GPU_PROFILE: profile, P.STAT_TIME_SCALE: time_scale}
 
 
 @dataclass(eq=False)
@@ -291,8 +210,10 @@ class _Request:
     chain: PrefixChain
     computed: int = 0  # tokens whose KV is cached (prompt, then generated ones)
     generated: int = 0
-    filled: int = 0  # entries of `chain` this request has put in the prefix cache
+    filled: int = 0  # entries of `chain` this request has reached (held, or computed as its own copy)
     next_fill: float = float("inf")  # tokens the next entry of its chain needs computed
+    held: list = field(default_factory=list)  # keys of the shared segments it uses, in chain order
+    private: int = 0  # KV tokens only it holds (computed, not in a shared segment it holds)
 
     @property
     def known(self) -> int:
@@ -310,11 +231,11 @@ class EngineModel:
     _running: list[_Request] = field(default_factory=list)  # admission order
     _waiting: deque[_Request] = field(default_factory=deque)
     _requests: dict[str, _Request] = field(default_factory=dict)
-    _kv_used: int = 0
-    _prefix_cache: ChainCache = field(init=False)
+    _kv: SharedKV = field(init=False)
+    _prefilled_total: int = 0
 
     def __post_init__(self) -> None:
-        self._prefix_cache = ChainCache(self.profile.prefix_cache_tokens)
+        self._kv = SharedKV(self.profile.kv_capacity_tokens)
 
     def add(self, request_id: str, prompt_tokens: int, output_tokens: int,
             prefix_key: str | None = None, prefix_tokens: int = 0, chain: PrefixChain = ()) -> None:
@@ -349,7 +270,7 @@ class EngineModel:
             self._waiting.remove(request)
         else:
             self._running.remove(request)
-        self._kv_used -= request.computed
+        self._free(request)
         return True
 
     @property
@@ -357,27 +278,34 @@ class EngineModel:
         return not self._requests
 
     def stats(self) -> EngineStats:
-        queued = prefill = 0
+        queued = prefill = context = 0
         for r in self._requests.values():
             queued += max(0, r.prompt_tokens - r.computed) + r.output_tokens - r.generated
+            context += r.known
             if not r.decoding:
                 prefill += r.known - r.computed
         return EngineStats(running=len(self._running), waiting=len(self._waiting),
-                           kv_usage=self._kv_used / self.profile.kv_capacity_tokens, queued_tokens=queued,
-                           prefill_tokens=prefill)
+                           kv_usage=self._kv.in_use / self.profile.kv_capacity_tokens, queued_tokens=queued,
+                           prefill_tokens=prefill, context_tokens=context, prefilled_total=self._prefilled_total)
 
     @property
     def kv_used_tokens(self) -> int:
-        return self._kv_used
+        """KV in use by running requests (shared segments once); cached free segments excluded."""
+        return self._kv.in_use
+
+    @property
+    def kv_cached_free_tokens(self) -> int:
+        """KV holding cached segments no running request uses (free, evicted as needed)."""
+        return self._kv.cached_free_tokens
 
     def prefix_cached(self, prefix_key: Hashable) -> int:
         """Tokens of the prefix `prefix_key` in the prefix cache (0: not cached). Does not touch
         the LRU order."""
-        return self._prefix_cache.tokens(prefix_key)
+        return self._kv.tokens(prefix_key)
 
     def prefix_match(self, chain: PrefixChain) -> int:
         """Tokens of `chain` the prefix cache holds from its start. Does not touch the LRU order."""
-        return self._prefix_cache.match(chain)[1]
+        return self._kv.match(chain)[1]
 
     def step(self) -> StepResult:
         """Schedule and run one engine step; return what it did and how long it took."""
@@ -392,7 +320,7 @@ class EngineModel:
             request = self._running[index]
             new = min(request.known - request.computed, budget)
             preempted_itself = False
-            while self._kv_used + new > p.kv_capacity_tokens:
+            while self._kv.in_use + new > p.kv_capacity_tokens:
                 victim = self._running.pop()  # the most recently admitted
                 self._preempt(victim)
                 preempted.append(victim.request_id)
@@ -408,19 +336,18 @@ class EngineModel:
         # Then waiting requests, FIFO, unless this step had to preempt.
         while not preempted and self._waiting and budget > 0 and len(self._running) < p.max_num_seqs:
             request = self._waiting[0]
-            entries, hit = self._prefix_hit(request)
+            entries, hit, revived = self._prefix_hit(request)
             new = min(request.known - hit, budget)
-            if self._kv_used + hit + new > p.kv_capacity_tokens:
+            if self._kv.in_use + revived + new > p.kv_capacity_tokens:
                 break
             self._waiting.popleft()
             self._running.append(request)
             if hit:
-                self._prefix_cache.store(request.chain[:entries])  # a hit refreshes what it used
+                request.held = [key for key, _ in request.chain[:entries]]
+                self._kv.hold(request.held)  # shared with whoever else runs with them; counted once
                 request.computed = hit
-                self._kv_used += hit
-                if entries > request.filled:
-                    request.filled = entries
-                    request.next_fill = request.chain[entries][1] if entries < len(request.chain) else float("inf")
+                request.filled = entries
+                request.next_fill = request.chain[entries][1] if entries < len(request.chain) else float("inf")
             self._allocate(request, new, scheduled)
             budget -= new
 
@@ -436,6 +363,7 @@ class EngineModel:
                 prefill_tokens += new
             kv_in_batch += request.computed + new
         duration = p.step_s(prefill_tokens, decoding_seqs, kv_in_batch)
+        self._prefilled_total += prefill_tokens
 
         results: dict[str, RequestStep] = {}
         for request_id, new in scheduled.items():
@@ -452,34 +380,54 @@ class EngineModel:
             if finished:
                 self._running.remove(request)
                 del self._requests[request_id]
-                self._kv_used -= request.computed
+                self._free(request)
             results[request_id] = RequestStep(tokens=int(emitted), first_token=emitted and request.generated == 1,
                                               finished=finished, scheduled_tokens=new)
         return StepResult(duration, results, tuple(preempted), prefill_tokens, decoding_seqs, kv_in_batch)
 
     def _allocate(self, request: _Request, new: int, scheduled: dict[str, int]) -> None:
-        self._kv_used += new  # KV grows by the tokens this step computes
+        self._kv.grow(new)  # KV grows by the tokens this step computes
+        request.private += new
         scheduled[request.request_id] = new
 
+    def _free(self, request: _Request) -> None:
+        """Its private KV is freed; the shared segments it held stay cached while others use them
+        or until new KV needs their room."""
+        self._kv.shrink(request.private)
+        self._kv.release(request.held)
+        request.private, request.held = 0, []
+
     def _preempt(self, request: _Request) -> None:
-        """vLLM's recompute preemption: free all its KV; it prefills prompt + generated again."""
-        self._kv_used -= request.computed
-        request.computed = 0
+        """vLLM's recompute preemption: free all its KV; it prefills prompt + generated again
+        (reusing what of its chain is still cached when it is admitted again)."""
+        self._free(request)
+        request.computed = request.filled = 0
+        request.next_fill = request.chain[0][1] if request.chain else float("inf")
         self._waiting.appendleft(request)
 
-    def _prefix_hit(self, request: _Request) -> tuple[int, int]:
-        """(chain entries, tokens) the prefix cache saves this request now."""
+    def _prefix_hit(self, request: _Request) -> tuple[int, int, int]:
+        """(chain entries, tokens, revived tokens) the prefix cache saves this request now; revived:
+        cached tokens no running request holds (holding them takes KV room back)."""
         if not request.chain:
-            return 0, 0
-        entries, cached = self._prefix_cache.match(request.chain, request.known)
+            return 0, 0, 0
+        entries, cached, revived = self._kv.match(request.chain, request.known)
         # vLLM always computes at least the last known token: its logits give the next token.
-        return entries, min(cached, request.known - 1)
+        return entries, min(cached, request.known - 1), revived
 
     def _fill_prefix_cache(self, request: _Request, reach: int) -> None:
-        """Cache the request's chain entries it has computed (`reach` tokens) since the last fill."""
+        """Share the request's chain entries it has computed (`reach` tokens) since the last fill:
+        each becomes a segment it holds, its tokens moved out of its private KV (an entry already
+        cached by another request stays its own private copy)."""
         chain, filled = request.chain, request.filled
         while filled < len(chain) and chain[filled][1] <= reach:
+            key, cumulative = chain[filled]
+            size = cumulative - (chain[filled - 1][1] if filled else 0)
+            if self._kv.publish(key, size, cumulative):
+                request.held.append(key)
+                moved = min(size, request.private)  # a finished answer's last token was never computed
+                request.private -= moved
+                if moved < size:
+                    self._kv.grow(size - moved)
             filled += 1
         request.filled = filled
         request.next_fill = chain[filled][1] if filled < len(chain) else float("inf")
-        self._prefix_cache.store(chain[:filled])

@@ -1,5 +1,5 @@
 """A request's prefix chain, as the router sees it: the cumulative prefixes of its prompt that an
-engine's prefix cache may already hold (common.engine_model.PrefixChain: (key, tokens), shortest
+engine's prefix cache may already hold (common.prefix_cache.PrefixChain: (key, tokens), shortest
 first). Pure and cheap: it runs on every request.
 
 - A chat: one entry after each message, in order: the system prompt, then each earlier turn
@@ -28,7 +28,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 
-from common.engine_model import PrefixChain
+from common.prefix_cache import PrefixChain
 from common.tokens import BYTES_PER_TOKEN_ESTIMATE
 
 BYTES_PER_TOKEN = BYTES_PER_TOKEN_ESTIMATE  # the same estimate as the admission's

@@ -24,6 +24,12 @@ STAT_RUNNING = "engine_running"
 STAT_WAITING = "engine_waiting"
 STAT_PREFILL_TOKENS = "engine_prefill_tokens"  # prompt tokens of held requests not yet computed
 STAT_KV_USAGE = "kv_cache_usage"  # 0..1
+# Prompt + generated tokens of every request it holds: what attention reads per step once they run
+# (a shared prefix counts once per request there, though its KV is held once).
+STAT_CONTEXT_TOKENS = "context_tokens"
+# Prompt tokens prefilled since the replica started, a counter: its rate is the prefill flowing in,
+# which stretches every decoding sequence's steps there.
+STAT_PREFILLED_TOTAL = "prefilled_tokens_total"
 STAT_TIME = "stats_time"  # time.time() when taken
 
 # Completion tokens a request is expected to generate, for load estimates only: max_tokens is

@@ -144,7 +144,7 @@ def check_design(steps: Sequence[TimedStep], min_steps: int = 8) -> None:
 
 def fit_step_times(steps: Iterable[TimedStep], base: GPUProfile, *, name: str | None = None,
                    max_num_batched_tokens: int | None = None, max_num_seqs: int | None = None,
-                   kv_capacity_tokens: int | None = None, prefix_cache_tokens: int | None = None,
+                   kv_capacity_tokens: int | None = None,
                    weighting: Literal["relative", "absolute"] = "relative", balance: bool = True,
                    trim: float | None = 6.0) -> StepFit:
     """Fit the four step-time constants to `steps`; return `base` with them and the engine's limits.
@@ -174,7 +174,7 @@ def fit_step_times(steps: Iterable[TimedStep], base: GPUProfile, *, name: str | 
     ss_tot = float(np.sum((y - y.mean()) ** 2)) or float("inf")
     fitted = dict(zip(CONSTANTS, (float(c) for c in coef)))
     limits = {"max_num_batched_tokens": max_num_batched_tokens, "max_num_seqs": max_num_seqs,
-              "kv_capacity_tokens": kv_capacity_tokens, "prefix_cache_tokens": prefix_cache_tokens,
+              "kv_capacity_tokens": kv_capacity_tokens,
               "name": name}
     profile = dataclasses.replace(base, **fitted, **{k: v for k, v in limits.items() if v is not None})
     return StepFit(profile=profile, r2=1.0 - ss_res / ss_tot, mean_abs_rel_error=float(rel_error.mean()),

@@ -2,7 +2,7 @@
 
     python -m deployments.calibrate --model .run/tiny-magistral [--out profile.json] [--quick]
     python -m deployments.calibrate --config configs/production.yaml --pool long \\
-        --model /models/Magistral-Small-2506 --base-profile H100_TP1 --out h100.json   # on a GPU node
+        --model /models/Magistral-Small-2506 --out h100.json   # on a GPU node
 
 1. Starts one vLLM V1 engine (AsyncLLM, the engine ray.serve.llm runs in a replica) with the
    pool's engine settings (--config/--pool; the CPU pool by default), prefix caching off, and
@@ -463,18 +463,14 @@ async def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         _, start, end = await engine.run([Req(f"w{i}", 0.0, 64 * (i + 1), 16) for i in range(seqs)], "warmup")
         warm = [s for s in steps_from_records(engine.records(start - 0.01, end)) if not s.prefill_tokens]
         decode_step_s = float(np.median([s.duration_s for s in warm])) if warm else 0.05
-        if args.base_profile:
-            base = PROFILES[args.base_profile]
-        else:
-            base = GPUProfile(name="", max_num_batched_tokens=1, max_num_seqs=1, kv_capacity_tokens=1, base_s=0.0,
-                              prefill_s_per_token=0.0, decode_s_per_seq=0.0, attention_s_per_kv_token=0.0,
-                              prefix_cache_tokens=0)
+        # Every field is fitted (the step constants) or read from the engine (its limits).
+        base = GPUProfile(name="", max_num_batched_tokens=1, max_num_seqs=1, kv_capacity_tokens=1, base_s=0.0,
+                          prefill_s_per_token=0.0, decode_s_per_seq=0.0, attention_s_per_kv_token=0.0)
 
         def fit_records(records: list[dict[str, Any]]) -> StepFit:
             return fit_step_times(steps_from_records(records), base, name=args.name or f"{args.pool}-fitted",
                                   max_num_batched_tokens=budget, max_num_seqs=seqs,
-                                  kv_capacity_tokens=limits["kv_capacity_tokens"],
-                                  prefix_cache_tokens=base.prefix_cache_tokens)
+                                  kv_capacity_tokens=limits["kv_capacity_tokens"])
 
         # The design and the trace take turns (design, trace part, design, ..., trace part, design),
         # each round of the design a whole small design: the engine's speed drifts by 10-20 % over
@@ -662,8 +658,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", default=DEFAULT_POOL)
     parser.add_argument("--out", help="write the fitted profile and the comparison here (JSON)")
     parser.add_argument("--quick", action="store_true", help="a shorter design and trace (tests)")
-    parser.add_argument("--base-profile", choices=sorted(PROFILES),
-                        help="engine_model profile to take prefix_cache_tokens from (GPU pools)")
     parser.add_argument("--name", help="name of the fitted profile (default: POOL-fitted)")
     parser.add_argument("--max-num-seqs", type=int)
     parser.add_argument("--max-num-batched-tokens", type=int)

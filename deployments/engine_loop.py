@@ -16,7 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from common.engine_model import EngineModel, EngineStats, GPUProfile, PrefixChain
+from common.engine_model import EngineModel, EngineStats, GPUProfile
+from common.prefix_cache import PrefixChain
 
 # Behind schedule by more than this (a starved event loop), the loop stops trying to catch up:
 # it would otherwise run a burst of steps with no sleep and hand out tokens faster than a GPU.

@@ -87,6 +87,7 @@ class ReplicaEnvelope:
         work = request.work_tokens
         prefill = prompt_estimate(request, admission)
         self.load.begin(work, prefill)
+        self.load.hold(id(admission), prefill, admission.generated)
         cancelled, failure = True, None
         try:
             yield start_event(**self.identity.as_dict(), prompt_tokens=admission.prompt_tokens,
@@ -105,6 +106,7 @@ class ReplicaEnvelope:
         finally:
             generated = admission.generated() if admission.generated is not None else None
             self.load.end(work, cancelled=cancelled, generated=generated or 0, unprefilled_tokens=prefill)
+            self.load.release(id(admission))
             span.end(cancelled=cancelled, generated=generated if cancelled else None, error=failure)
 
     def routing_stats(self, engine_stats: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import ray
 from ray import serve
 
-from common.protocol import STAT_ONGOING_REQUESTS, STAT_PREFILL_TOKENS, STAT_QUEUED_TOKENS
+from common.protocol import (STAT_CONTEXT_TOKENS, STAT_ONGOING_REQUESTS, STAT_PREFILL_TOKENS, STAT_PREFILLED_TOTAL,
+                             STAT_QUEUED_TOKENS)
 
 
 @dataclass
@@ -20,15 +22,29 @@ class ReplicaLoadTracker:
     # Prompt tokens of held requests that have no first token yet: the prefill queued here, as an
     # engine that does not report its own (vLLM's runs in another process) is seen from outside.
     prefill_tokens: int = 0
+    prefilled_total: int = 0  # prompt tokens whose first token came (cache hits included: not seen here)
+    # Held requests' prompts and their generated-so-far counters: their context, what attention
+    # reads per step (an engine in another process does not report it).
+    _contexts: dict[int, tuple[int, Callable[[], int] | None]] = field(default_factory=dict)
 
     def begin(self, work_tokens: int, prompt_tokens: int = 0) -> None:
         self.queued_tokens += work_tokens
         self.ongoing_requests += 1
         self.prefill_tokens += prompt_tokens
 
+    def hold(self, key: int, prompt_tokens: int, generated: Callable[[], int] | None) -> None:
+        self._contexts[key] = (prompt_tokens, generated)
+
+    def release(self, key: int) -> None:
+        self._contexts.pop(key, None)
+
+    def context_tokens(self) -> int:
+        return sum(prompt + (generated() if generated else 0) for prompt, generated in self._contexts.values())
+
     def prefilled(self, prompt_tokens: int) -> None:
         """The request's first token came: its prompt is no longer queued prefill."""
         self.prefill_tokens -= prompt_tokens
+        self.prefilled_total += prompt_tokens
 
     def end(self, work_tokens: int, *, cancelled: bool, generated: int = 0, unprefilled_tokens: int = 0) -> None:
         self.queued_tokens -= work_tokens
@@ -42,7 +58,8 @@ class ReplicaLoadTracker:
 
     def routing_stats(self) -> dict[str, int]:
         return {STAT_QUEUED_TOKENS: self.queued_tokens, STAT_ONGOING_REQUESTS: self.ongoing_requests,
-                STAT_PREFILL_TOKENS: self.prefill_tokens}
+                STAT_PREFILL_TOKENS: self.prefill_tokens, STAT_CONTEXT_TOKENS: self.context_tokens(),
+                STAT_PREFILLED_TOTAL: self.prefilled_total}
 
     def totals(self) -> dict[str, int]:
         return {"completed": self.completed, "cancelled": self.cancelled,

@@ -1,8 +1,9 @@
 """The router's memory of which replica it sent which prefix to. Pure (no Ray, no clock).
 
-Per replica, an LRU of prefix-chain segments (common.engine_model.ChainCache, the rule the engine
-model's prefix cache follows) bounded by that replica's GPU profile `prefix_cache_tokens`, so the
-router forgets a prefix about when the engine would have evicted it. Keys are the cumulative
+Per replica, an LRU of prefix-chain segments (common.prefix_cache.ChainCache: the engine's chain
+rules) bounded by that replica's KV pool (the engine caches in all of it: segments running
+requests share, and free KV until new work needs it), so the router forgets a prefix about when
+the engine would have evicted it. Keys are the cumulative
 prefix hashes of common/prefix_keys.py: a later turn of a chat walks its chain from the
 system prompt and finds the replica that served the earlier turns (the longest match wins in the
 prediction, as the shortest prefill).
@@ -20,7 +21,7 @@ import heapq
 import itertools
 from collections import OrderedDict
 
-from common.engine_model import ChainCache, PrefixChain
+from common.prefix_cache import ChainCache, PrefixChain
 
 # Dispatches whose start has not been seen yet, kept at most this many (a request that never
 # starts must not be remembered forever).
@@ -39,7 +40,7 @@ class PrefixMemory:
         self._order = itertools.count()
 
     def capacity(self, replica_id: str, tokens: int) -> None:
-        """The replica's prefix cache holds `tokens` (its GPU profile's prefix_cache_tokens)."""
+        """The replica's prefix cache holds at most `tokens` (its KV pool)."""
         cache = self._caches.get(replica_id)
         if cache is None:
             self._caches[replica_id] = ChainCache(tokens)

@@ -10,7 +10,7 @@ from common.engine_model import GPUProfile
 
 FAST = GPUProfile(name="fast", max_num_batched_tokens=100, max_num_seqs=8, kv_capacity_tokens=10_000,
                   base_s=0.01, prefill_s_per_token=0.001, decode_s_per_seq=0.002,
-                  attention_s_per_kv_token=0.0, prefix_cache_tokens=300)
+                  attention_s_per_kv_token=0.0)
 
 
 class FakeTime:

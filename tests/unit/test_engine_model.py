@@ -16,7 +16,7 @@ from common.engine_model import (
 # Round numbers so expected durations can be written out by hand.
 TINY = GPUProfile(name="tiny", max_num_batched_tokens=100, max_num_seqs=8, kv_capacity_tokens=10_000,
                   base_s=0.01, prefill_s_per_token=0.001, decode_s_per_seq=0.002,
-                  attention_s_per_kv_token=0.00001, prefix_cache_tokens=300)
+                  attention_s_per_kv_token=0.00001)
 
 
 def tiny(**changes) -> EngineModel:
@@ -179,8 +179,8 @@ def test_prefix_cache_hit_skips_the_prefix_and_shortens_ttft():
     assert len(run(engine)[0]) == 3
 
 
-def test_prefix_cache_evicts_least_recently_used_beyond_capacity():
-    engine = tiny(prefix_cache_tokens=300)
+def test_cached_prefixes_live_in_free_kv_and_give_way_least_recently_used_first():
+    engine = tiny(kv_capacity_tokens=330)
 
     def finish(key: str, tokens: int = 100) -> None:
         engine.add(key + "-req", prompt_tokens=tokens + 5, output_tokens=1, prefix_key=key, prefix_tokens=tokens)
@@ -189,11 +189,42 @@ def test_prefix_cache_evicts_least_recently_used_beyond_capacity():
     for key in "abc":
         finish(key)
     assert [engine.prefix_cached(k) for k in "abc"] == [100, 100, 100]
+    # Cached segments no request uses are free KV: not in use, not counted in the published usage.
+    assert engine.kv_used_tokens == 0 and engine.kv_cached_free_tokens == 300 and engine.stats().kv_usage == 0
     finish("a")  # a hit: "a" becomes the most recently used, "b" the least
-    finish("d")
+    finish("d")  # 105 tokens in use + 400 cached > 330: the least recently used segment goes
     assert [engine.prefix_cached(k) for k in "abcd"] == [100, 0, 100, 100]
-    finish("huge", 400)  # larger than the whole cache: not cached, evicts nothing
-    assert engine.prefix_cached("huge") == 0 and engine.prefix_cached("c") == 100
+    finish("big", 300)  # needs nearly the whole pool: every cached segment gives way
+    assert [engine.prefix_cached(k) for k in "acd"] == [0, 0, 0] and engine.prefix_cached("big") == 300
+
+
+def test_running_requests_share_a_cached_prefix_and_hold_its_kv_once():
+    engine = tiny(max_num_batched_tokens=1_000)
+    engine.add("first", prompt_tokens=250, output_tokens=1, prefix_key="sys", prefix_tokens=200)
+    run(engine)
+    for name in ("a", "b", "c"):
+        engine.add(name, prompt_tokens=250, output_tokens=50, prefix_key="sys", prefix_tokens=200)
+    result = engine.step()  # all three admitted: each prefills only its own 50 tokens
+    assert result.prefill_tokens == 150
+    assert engine.kv_used_tokens == 200 + 3 * 50  # the system prompt once, not three times
+    while not engine.idle:
+        engine.step()
+    assert engine.kv_used_tokens == 0 and engine.prefix_cached("sys") == 200
+
+
+def test_a_shared_prefix_lets_more_requests_run_than_private_copies_would():
+    # 1 000 tokens of KV: three 300-token contexts fit privately; all six when 250 of each are shared.
+    def admitted(shared: bool) -> int:
+        engine = tiny(kv_capacity_tokens=1_000, max_num_batched_tokens=2_000)
+        key = (lambda i: "sys") if shared else (lambda i: f"sys{i}")
+        engine.add("warm", prompt_tokens=255, output_tokens=1, prefix_key="sys", prefix_tokens=250)
+        run(engine)
+        for i in range(6):
+            engine.add(f"r{i}", prompt_tokens=300, output_tokens=20, prefix_key=key(i), prefix_tokens=250)
+        engine.step()
+        return engine.stats().running
+
+    assert admitted(shared=False) == 3 and admitted(shared=True) == 6
 
 
 def test_cancel_frees_kv():
@@ -225,7 +256,12 @@ def test_stats_stay_consistent_until_everything_finishes():
         assert result.prefill_tokens + result.decoding_seqs <= L40S_TP2.max_num_batched_tokens
         assert not result.preempted and stats.queued_tokens <= previous
         previous = stats.queued_tokens
-    assert engine.stats() == type(stats)(running=0, waiting=0, kv_usage=0.0, queued_tokens=0)
+    final = engine.stats()
+    assert dataclasses.replace(final, prefilled_total=0) == type(stats)(running=0, waiting=0, kv_usage=0.0,
+                                                                        queued_tokens=0)
+    # Every prompt was prefilled, less the system prompt each later "sys" request found cached.
+    prompts = sum(p for p, _ in sizes)
+    assert prompts - 39 * 200 <= final.prefilled_total < prompts
 
 
 def test_deterministic():
@@ -268,7 +304,6 @@ def test_profiles_follow_their_sources():
     h100_kv_gib = 81559 / 1024 * 0.90 - 23.6e9 * 2 / 2**30 - 3  # 81,559 MiB card, 0.90, weights, overhead
     assert H100_TP1.kv_capacity_tokens == pytest.approx(h100_kv_gib * 2**30 / kv_bytes_per_token, rel=0.05)
     for p in PROFILES.values():
-        assert p.prefix_cache_tokens < p.kv_capacity_tokens
         assert p.max_num_batched_tokens in (2048, 8192)  # vLLM's OpenAI-server defaults
 
 

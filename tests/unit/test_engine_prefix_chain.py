@@ -3,11 +3,12 @@ chain from the start, including an earlier turn's generated answer, as soon as i
 
 import dataclasses
 
-from common.engine_model import ChainCache, EngineModel, GPUProfile
+from common.engine_model import EngineModel, GPUProfile
+from common.prefix_cache import ChainCache
 
 TINY = GPUProfile(name="tiny", max_num_batched_tokens=100, max_num_seqs=8, kv_capacity_tokens=10_000,
                   base_s=0.01, prefill_s_per_token=0.001, decode_s_per_seq=0.002,
-                  attention_s_per_kv_token=0.00001, prefix_cache_tokens=1_000)
+                  attention_s_per_kv_token=0.00001)
 
 
 def engine(**changes) -> EngineModel:

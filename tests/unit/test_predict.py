@@ -99,3 +99,39 @@ def test_a_request_that_misses_anyway_avoids_a_class_that_cannot_serve_it_even_i
     idle_l40s = view("l40s", profile=L40S_TP2)
     order = pick([idle_l40s, loaded_h100], DOC)
     assert not order[0].meets and order[0].replica_id == "h100"
+
+
+def test_attention_reads_every_sequences_context_even_where_their_kv_is_shared():
+    # 40 chats sharing a 4k system prompt hold it once in KV, but each reads it every step.
+    shared = view(running=40, kv_tokens=4_000 + 40 * 500, context_tokens=40 * 4_500)
+    unshared_estimate = view(running=40, kv_tokens=4_000 + 40 * 500)
+    assert predict(shared, CHAT).tpot_s > predict(unshared_estimate, CHAT).tpot_s + 40 * 4_000 * 0.9 * H100_TP1.attention_s_per_kv_token
+
+
+def test_prompts_flowing_in_stretch_the_time_per_token():
+    calm = predict(view(running=20, kv_tokens=40_000), CHAT).tpot_s
+    # Half the GPU's time going to prefill doubles every step's duration for the decodes.
+    busy = predict(view(running=20, kv_tokens=40_000, prefill_tokens_per_s=0.5 / H100_TP1.prefill_s_per_token), CHAT).tpot_s
+    assert abs(busy - 2 * calm) < 1e-9
+
+
+def test_a_cached_prefix_needs_no_kv_again():
+    room = dict(running=10, kv_tokens=H100_TP1.kv_capacity_tokens - 2_000)
+    doc = dataclasses.replace(DOC, likely_output_tokens=500)
+    assert predict(view(**room), doc).waits_for_room
+    assert not predict(view(**room, prefix_cached_tokens=15_000), doc).waits_for_room
+
+
+def test_the_replica_holding_most_of_the_prompt_keeps_it_while_it_meets_the_objectives():
+    holder = view("holder", L40S_TP2, 5.2, running=30, kv_tokens=120_000, context_tokens=150_000,
+                  prefix_cached_tokens=650)
+    faster_class = view("h100", H100_TP1, 7.0)
+    emptier = view("empty", L40S_TP2, 5.2)
+    order = [p.replica_id for p in pick([faster_class, emptier, holder], CHAT)]
+    assert order[0] == "holder" and pick([holder], CHAT)[0].meets
+    # Holding less than half of the prompt is not enough to outrank the emptier replica.
+    small_hit = dataclasses.replace(holder, prefix_cached_tokens=300)
+    assert pick([faster_class, emptier, small_hit], CHAT)[0].replica_id == "empty"
+    # Once the holder would make the request late, affinity yields.
+    late = dataclasses.replace(holder, running=60, context_tokens=400_000)
+    assert not pick([late], CHAT)[0].meets and pick([faster_class, emptier, late], CHAT)[0].replica_id == "empty"

@@ -117,7 +117,7 @@ async def test_a_normal_run_streams_start_then_the_replicas_events_and_releases_
     rest = [event async for event in gen]
     assert rest == stream()
     assert totals(envelope) == {"queued_tokens": 0, "ongoing_requests": 0, "engine_prefill_tokens": 0, "completed": 1, "cancelled": 0,
-                                "cancelled_completion_tokens": 0}
+                                "cancelled_completion_tokens": 0, "context_tokens": 0, "prefilled_tokens_total": 12}
     span = only_span(exporter)
     assert span.name == "chat magistral"
     assert span.status.status_code is StatusCode.UNSET
@@ -145,7 +145,7 @@ async def test_a_refusal_books_no_load_and_ends_the_span(envelope, exporter):
     span = only_span(exporter)  # ended before the refusal was yielded
     assert [event async for event in gen] == []
     assert totals(envelope) == {"queued_tokens": 0, "ongoing_requests": 0, "engine_prefill_tokens": 0, "completed": 0, "cancelled": 0,
-                                "cancelled_completion_tokens": 0}
+                                "cancelled_completion_tokens": 0, "context_tokens": 0, "prefilled_tokens_total": 0}
     assert span.status.status_code is StatusCode.ERROR and span.status.description == "too long for this pool"
     assert span.attributes[A.ERROR_TYPE] == "invalid_request_error" and A.OUTCOME not in span.attributes
     assert not replica.started
@@ -156,10 +156,12 @@ async def test_closing_mid_stream_is_a_cancellation_that_reports_the_generated_t
     gen = envelope.generate(request(), replica.admit)
     assert (await gen.__anext__())["event"] == "start"
     assert (await gen.__anext__())["completion_tokens"] == 2
+    # Its context (what attention reads per step) is its prompt and what it generated so far.
+    assert totals(envelope)["context_tokens"] == 12 + 2 and totals(envelope)["prefilled_tokens_total"] == 12
     await gen.aclose()
     assert replica.closed  # the replica's events are closed with the envelope, before it returns
     assert totals(envelope) == {"queued_tokens": 0, "ongoing_requests": 0, "engine_prefill_tokens": 0, "completed": 0, "cancelled": 1,
-                                "cancelled_completion_tokens": 2}
+                                "cancelled_completion_tokens": 2, "context_tokens": 0, "prefilled_tokens_total": 12}
     span = only_span(exporter)
     assert span.status.status_code is StatusCode.ERROR and "cancelled" in span.status.description
     assert span.attributes[A.OUTCOME] == "cancelled" and span.attributes[A.OUTPUT_TOKENS] == 2
@@ -205,7 +207,7 @@ async def test_a_producer_exception_fails_the_span_ends_the_load_and_is_reraised
             seen.append(event["event"])
     assert seen == ["start", "delta"]
     assert totals(envelope) == {"queued_tokens": 0, "ongoing_requests": 0, "engine_prefill_tokens": 0, "completed": 0, "cancelled": 1,
-                                "cancelled_completion_tokens": 2}
+                                "cancelled_completion_tokens": 2, "context_tokens": 0, "prefilled_tokens_total": 12}
     span = only_span(exporter)
     assert span.status.status_code is StatusCode.ERROR and span.status.description == "RuntimeError: engine died"
     assert span.attributes[A.ERROR_TYPE] == "RuntimeError" and A.OUTCOME not in span.attributes
@@ -233,12 +235,13 @@ async def test_routing_stats_are_identity_load_and_engine_stats_and_feed_the_gau
     # Until its first token, the request's prompt is the prefill queued here.
     assert routing == {"serve": 1, **IDENTITY.as_dict(), "queued_tokens": WORK, "ongoing_requests": 99,
                        "engine_prefill_tokens": 12, "engine_running": 1, "kv_cache_usage": 0.25,
-                       "stats_time": taken}
+                       "context_tokens": 12, "prefilled_tokens_total": 0, "stats_time": taken}
     assert before <= taken <= time.time()
     assert metrics.updates == [routing]
     await gen.aclose()
     assert envelope.stats({"engine_running": 0}) == {
         **IDENTITY.as_dict(), "queued_tokens": 0, "ongoing_requests": 0, "engine_prefill_tokens": 0, "engine_running": 0,
+        "context_tokens": 0, "prefilled_tokens_total": 0,
         "completed": 0, "cancelled": 1, "cancelled_completion_tokens": 0}
     assert len(metrics.updates) == 1  # stats() reads, the gauges are refreshed by routing stats only
     assert envelope.ready() == IDENTITY.as_dict()

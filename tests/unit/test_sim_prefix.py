@@ -42,12 +42,31 @@ def test_conversations_are_deterministic_and_each_turn_extends_the_last_with_its
     assert popular[0][1] > 3 * popular[len(popular) // 2][1]  # a few big tenants, a long tail
 
 
-def test_the_working_set_exceeds_one_replicas_prefix_cache_and_fits_the_fleets():
-    jobs = [j for j in generate(4.0, 540.0, seed=1, mix=MIX) if j.arrival_s >= 360.0]
-    systems = {j.prefix_key: j.prefix_tokens for j in jobs}
-    fleet_cache = 2 * H100_TP1.prefix_cache_tokens + 6 * L40S_TP2.prefix_cache_tokens
-    assert max(H100_TP1.prefix_cache_tokens, L40S_TP2.prefix_cache_tokens) < sum(systems.values()) < fleet_cache
-    assert len(jobs) / 180.0 == pytest.approx(4.0, rel=0.2)  # near the nominal rate after the warm-up
+def live_working_set(jobs, at: float) -> int:
+    """Tokens the fleet must hold at `at` to serve every live conversation from cache: each one's
+    latest context (its last turn's prompt and answer, past the system prompt) plus the system
+    prompts of the tenants they belong to."""
+    conversations = collections.defaultdict(list)
+    for j in jobs:
+        conversations[j.job_id.split("t")[0]].append(j)
+    contexts, systems = 0, {}
+    for turns in conversations.values():
+        last = turns[-1]
+        ends = last.arrival_s + MIX.answer_ttft_s + last.output_tokens * MIX.answer_tpot_s
+        if turns[0].arrival_s <= at <= ends:
+            current = [t for t in turns if t.arrival_s <= at][-1]
+            contexts += current.prompt_tokens + current.output_tokens - current.prefix_tokens
+            systems[current.prefix_key] = current.prefix_tokens
+    return contexts + sum(systems.values())
+
+
+def test_the_working_set_exceeds_one_replicas_kv_and_fits_the_fleets():
+    jobs = generate(4.0, 540.0, seed=1, mix=MIX)
+    fleet_kv = 2 * H100_TP1.kv_capacity_tokens + 6 * L40S_TP2.kv_capacity_tokens
+    for at in (400.0, 450.0, 500.0):  # the judged window
+        assert 3 * max(H100_TP1.kv_capacity_tokens, L40S_TP2.kv_capacity_tokens) < live_working_set(jobs, at) < fleet_kv
+    judged = [j for j in jobs if j.arrival_s >= 360.0]
+    assert len(judged) / 180.0 == pytest.approx(4.0, rel=0.2)  # near the nominal rate after the warm-up
 
 
 def test_the_old_mixes_share_one_prefix_then_the_whole_prompt():

@@ -46,7 +46,7 @@ def designed_steps(profile, rng, noise=0.03, n=400):
 def test_recovers_known_constants_from_noisy_steps():
     steps = designed_steps(TRUE, np.random.default_rng(1), n=1200)
     fit = fit_step_times(steps, H100_TP1, name="cpu", max_num_batched_tokens=2048, max_num_seqs=8,
-                         kv_capacity_tokens=2_000_000, prefix_cache_tokens=0)
+                         kv_capacity_tokens=2_000_000)
     for name in ("base_s", "prefill_s_per_token", "decode_s_per_seq"):
         assert getattr(fit.profile, name) == pytest.approx(getattr(TRUE, name), rel=0.1), name
     # KV reads are ~1-3 % of these steps (as on the CPU engine): under 3 % noise they are the
@@ -55,8 +55,7 @@ def test_recovers_known_constants_from_noisy_steps():
     assert fit.r2 > 0.95 and fit.median_abs_rel_error < 0.05 and abs(fit.total_rel_error) < 0.02
     # The engine's limits replace the base profile's; nothing else of the base survives.
     p = fit.profile
-    assert (p.name, p.max_num_batched_tokens, p.max_num_seqs, p.kv_capacity_tokens, p.prefix_cache_tokens) == \
-        ("cpu", 2048, 8, 2_000_000, 0)
+    assert (p.name, p.max_num_batched_tokens, p.max_num_seqs, p.kv_capacity_tokens) == ("cpu", 2048, 8, 2_000_000)
 
 
 @pytest.mark.parametrize("weighting", ["relative", "absolute"])
@@ -145,7 +144,7 @@ def test_steps_from_records_under_async_scheduling():
 def test_fitted_profile_round_trips_through_json_and_drives_the_engine_model(tmp_path):
     steps = designed_steps(TRUE, np.random.default_rng(5))
     fit = fit_step_times(steps, H100_TP1, name="cpu-fitted", max_num_batched_tokens=2048, max_num_seqs=8,
-                         kv_capacity_tokens=100_000, prefix_cache_tokens=0)
+                         kv_capacity_tokens=100_000)
     path = tmp_path / "profile.json"
     path.write_text(json.dumps({"profile": profile_to_dict(fit.profile), "fit": fit.summary()}))
     assert load_profile(path) == fit.profile
