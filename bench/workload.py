@@ -7,7 +7,7 @@ of `WorkloadMix` so a sweep or a test can change one at a time.
 A second, prefix-heavy workload (`ConversationMix`, PREFIX_HEAVY_MIX): many tenants, each with
 its own long system prompt, holding multi-turn chats; each turn's prompt is the previous turn's
 prompt, its answer and a new user message. Its jobs carry their prefix chain (see
-common.engine_model.PrefixChain) so the engine model's prefix cache and the router's memory see
+common.prefix_cache.PrefixChain) so the engine model's prefix cache and the router's memory see
 what is shared.
 """
 
@@ -32,6 +32,9 @@ class Job:
     # prompt with its answer (a later turn reuses them). Empty: its prefix_key, if any, then its
     # whole prompt (cached too, as vLLM caches every block; no other job shares it).
     chain: tuple[tuple[str, int], ...] = ()
+    # Who sent it and the priority tier it asks for (bench/fairness.py; "" for the default tier).
+    tenant: str = ""
+    tier: str = ""
 
     @property
     def prefix_chain(self) -> tuple[tuple[str, int], ...]:

@@ -3,7 +3,10 @@
 Discrete events (arrivals, replica step ends) on a heap; each replica is one
 common.engine_model.EngineModel taking steps back to back while it holds work. Requests that
 no replica can take (every candidate at max_ongoing_requests) wait in the router's FIFO and are
-retried when a slot frees. Goodput counts requests meeting both TTFT and TPOT objectives.
+retried when a slot frees. A policy with an `admission` (bench/sim/fair_admission.py) replaces
+that FIFO with its own queue discipline: it sees every arrival and step end, dispatches through
+the loop and may shed (refuse) requests. Goodput counts requests meeting both TTFT and TPOT
+objectives.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Result:
     virtual_s: float = 0.0
     wall_s: float = 0.0
     aborted: bool = False  # stopped early: misses already exceeded the allowed budget
+    shed: int = 0  # refused by the policy's admission queue (misses)
 
     def row(self) -> dict:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
@@ -117,6 +121,9 @@ class _EventLoop:
         self.seq = 0
         self.kicked: list[Replica] = []  # replicas that may need a step started
         self.now = 0.0
+        # A queue discipline in front of the policy (None: the FIFOs above).
+        self.admission = getattr(policy, "admission", None)
+        self.shed = 0
 
     def run(self) -> None:
         jobs, events, n = self.jobs, self.events, len(self.jobs)
@@ -148,6 +155,9 @@ class _EventLoop:
             self.misses += judged
             self.judged_left -= judged
             return
+        if self.admission is not None:
+            self.admission.arrived(job, self.fleet, self._dispatch, self._shed)
+            return
         queue = self.queues.setdefault(key, deque())
         replica = None if queue else self.policy.choose(job, self.fleet)  # FIFO: no overtaking
         if replica is None:
@@ -167,18 +177,26 @@ class _EventLoop:
         if not replica.busy:
             self.kicked.append(replica)
 
+    def _shed(self, job: Job) -> None:
+        """The admission queue refused `job` (at arrival or after its bounded wait): a miss."""
+        judged = int(self.judged[self.index[job.job_id]])
+        self.shed += judged
+        self.misses += judged
+        self.judged_left -= judged
+
     def _step_ended(self, replica: Replica) -> None:
         """Apply a finished step: first tokens, finishes (a slot frees: retry the FIFOs), tokens."""
         result, replica.pending, replica.busy = replica.pending, None, False
         self.preemptions += len(result.preempted)
         now, index, judged = self.now, self.index, self.judged
         in_window = self.warmup <= now < self.duration
-        freed = False
+        freed = started = False
         for request_id, step in result.requests.items():  # the hot loop: once per request per step
             self.tokens_out += step.tokens
             if in_window:
                 self.output_in_window += step.tokens
             if step.first_token:
+                started = True
                 i = index[request_id]
                 self.first[i] = now
                 if in_window:
@@ -190,7 +208,9 @@ class _EventLoop:
                 freed = True
         if not replica.engine.idle:
             self.kicked.append(replica)
-        if freed:
+        if self.admission is not None:
+            self.admission.step_ended(self.fleet, freed or started, self._dispatch, self._shed)
+        elif freed:
             self._retry_waiting()
 
     def _finished(self, i: int, replica: Replica) -> None:
@@ -268,8 +288,9 @@ class _EventLoop:
             throughput_tok_s=tokens / window_s, output_tok_s=self.output_in_window / window_s,
             usd_per_m_tokens=window_usd / tokens * 1e6 if tokens else math.inf,
             usd_per_m_output_tokens=window_usd / self.output_in_window * 1e6 if self.output_in_window else math.inf,
-            unfinished=int((judged & ~done).sum()) - self.rejected, rejected=self.rejected, truncated=self.truncated,
+            unfinished=int((judged & ~done).sum()) - self.rejected - self.shed, rejected=self.rejected,
+            truncated=self.truncated,
             preemptions=self.preemptions, tokens_out=self.tokens_out, share_by_pool=share,
             replicas={p.name: p.replicas for p in self.specs}, steps=self.steps, virtual_s=self.now,
             wall_s=time.perf_counter() - started,
-            aborted=self.give_up is not None and self.misses > self.give_up)
+            aborted=self.give_up is not None and self.misses > self.give_up, shed=self.shed)
