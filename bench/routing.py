@@ -255,6 +255,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="simulator processes")
     parser.add_argument("--skip-local", action="store_true", help="the simulator only")
     parser.add_argument("--duration", type=float, default=None, help="GPU-seconds of arrivals per local run")
+    parser.add_argument("--sim-results", type=Path, default=None,
+                        help="take the simulator's figures from this bench.sim.routing_capacity JSON instead of "
+                             "running it again (same code, ~20 min saved)")
     args = parser.parse_args()
     seeds = (1,) if args.quick else (1, 2, 3)
     duration = args.duration or (105.0 if args.quick else 240.0)  # GPU-seconds of arrivals (35 s / 80 s here)
@@ -265,7 +268,7 @@ def main() -> None:
     ratio, per_seed = local_ratio(local) if local else (float("nan"), [])
     if local:
         print(f"local: predicted / pow2 goodput per seed {[round(r, 3) for r in per_seed]}, median {ratio:.3f}")
-    sim = run_simulator(args.quick, args.workers)
+    sim = json.loads(args.sim_results.read_text()) if args.sim_results else run_simulator(args.quick, args.workers)
     write_json("routing", {"quick": args.quick, "time_scale": TIME_SCALE, "local_fleet": FLEET,
                            "local_rate_rps": args.rate, "local_duration_s": duration, "workload": workload,
                            "slo": SLO().model_dump(), "local": local, "local_ratio_by_seed": per_seed,

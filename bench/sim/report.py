@@ -52,11 +52,11 @@ class Plan:
 
 FULL = Plan(duration_s=240.0, reference=(2, 6), loads=(3.0, 3.5, 4.0, 4.5, 5.0), load=4.0,
             sweep_policies=("pow2", "length_only", "router"), sizes=(4, 8, 12, 16), size_h100_share=0.25,
-            share_total=8, share_h100=(0, 2, 4, 6, 8), cheapest_policies=("router", "pow2"), cheapest_grid=(6, 10),
+            share_total=8, share_h100=(0, 2, 4, 6, 8), cheapest_policies=("predicted", "pow2"), cheapest_grid=(6, 10),
             seeds=(1, 2), scale=(75, 225, 400.0, 20.0))
 QUICK = Plan(duration_s=120.0, reference=(2, 6), loads=(4.5,), load=4.0, sweep_policies=("pow2", "router"),
              sizes=(4, 8), size_h100_share=0.25, share_total=8, share_h100=(0, 2, 4),
-             cheapest_policies=("router",), cheapest_grid=(2, 6), seeds=(), scale=(25, 75, 120.0, 10.0))
+             cheapest_policies=("predicted",), cheapest_grid=(2, 6), seeds=(), scale=(25, 75, 120.0, 10.0))
 
 
 def _table(results: Iterable[Result]) -> str:

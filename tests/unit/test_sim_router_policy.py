@@ -126,4 +126,4 @@ def test_fleet_sim_keeps_its_public_names():
     assert fleet_sim.SLO is fleets.SLO and fleet_sim.mixed_fleet is fleets.mixed_fleet
     assert fleet_sim.short_pool is fleets.short_pool and fleet_sim.long_pool is fleets.long_pool
     assert [p.name for p in fleet_sim.mixed_fleet(1, 2)] == ["short", "long"]
-    assert callable(fleet_sim.main) and fleet_sim.QUICK.cheapest_policies == ("router",)
+    assert callable(fleet_sim.main) and fleet_sim.QUICK.cheapest_policies == ("predicted",)  # the default policy
