@@ -157,7 +157,7 @@ def _recent(state: TenantState) -> list[tuple[float, int]]:
     oldest entry, then the newest carrying the rest (the count is kept apart, in _usage)."""
     summary = state.window_summary
     if summary is not None:
-        if not summary.requests:
+        if not summary.requests and not summary.tokens:  # (leases may hold tokens but no admission)
             return []
         oldest = WINDOW_S - (state.now - summary.oldest).total_seconds()
         newest = WINDOW_S - (state.now - summary.newest).total_seconds()
