@@ -41,6 +41,9 @@ class StubEngine(BaseModel):
     # Serve LLM's stream batching does: keeps a one-machine cluster from spending its CPU on
     # events. The first token and the end are never held back. 0: one event per engine step.
     emit_interval_ms: float = Field(0.0, ge=0)
+    # The engine's scheduling, as vLLM's `scheduling_policy`: "priority" serves waiting requests by
+    # their tier (interactive, standard, batch) before arrival, and preempts the lowest first.
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     # Fixed rates (no `gpu`): None = 50 000 prompt tokens/s and 5 ms per output token.
     prefill_tokens_per_s: float | None = Field(None, gt=0)
     decode_ms_per_token: float | None = Field(None, ge=0)
@@ -50,14 +53,15 @@ class StubEngine(BaseModel):
         fixed = [name for name in ("prefill_tokens_per_s", "decode_ms_per_token") if getattr(self, name) is not None]
         if self.gpu and fixed:
             raise ValueError(f"a stub engine with `gpu` takes its speed from the profile, not {fixed}")
-        if not self.gpu and (self.time_scale != 1.0 or self.emit_interval_ms):
-            raise ValueError("time_scale and emit_interval_ms apply to a stub with `gpu` only")
+        if not self.gpu and (self.time_scale != 1.0 or self.emit_interval_ms or self.scheduling_policy != "fcfs"):
+            raise ValueError("time_scale, emit_interval_ms and scheduling_policy apply to a stub with `gpu` only")
         return self
 
     def replica_kwargs(self) -> dict[str, Any]:
         """StubReplica's speed arguments."""
         if self.gpu:
-            return {"gpu": self.gpu, "time_scale": self.time_scale, "emit_interval_ms": self.emit_interval_ms}
+            return {"gpu": self.gpu, "time_scale": self.time_scale, "emit_interval_ms": self.emit_interval_ms,
+                    "scheduling_policy": self.scheduling_policy}
         return {"prefill_tokens_per_s": 50_000.0 if self.prefill_tokens_per_s is None else self.prefill_tokens_per_s,
                 "decode_ms_per_token": 5.0 if self.decode_ms_per_token is None else self.decode_ms_per_token}
 

@@ -214,6 +214,12 @@ class _Request:
     next_fill: float = float("inf")  # tokens the next entry of its chain needs computed
     held: list = field(default_factory=list)  # keys of the shared segments it uses, in chain order
     private: int = 0  # KV tokens only it holds (computed, not in a shared segment it holds)
+    priority: int = 0  # vLLM's: lower is served first (scheduling "priority" only)
+    seq: int = 0  # arrival order
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        return self.priority, self.seq
 
     @property
     def known(self) -> int:
@@ -228,21 +234,30 @@ class _Request:
 @dataclass
 class EngineModel:
     profile: GPUProfile
+    # vLLM's scheduling_policy: "fcfs", or "priority" (the waiting queue ordered by (priority,
+    # arrival), and the victim of a preemption the running request of the lowest priority, latest
+    # arrival: vllm/v1/core/sched/scheduler.py, request_queue.py).
+    scheduling: str = "fcfs"
     _running: list[_Request] = field(default_factory=list)  # admission order
     _waiting: deque[_Request] = field(default_factory=deque)
     _requests: dict[str, _Request] = field(default_factory=dict)
     _kv: SharedKV = field(init=False)
     _prefilled_total: int = 0
+    _arrivals: int = 0
 
     def __post_init__(self) -> None:
+        if self.scheduling not in ("fcfs", "priority"):
+            raise ValueError(f"scheduling must be 'fcfs' or 'priority', not {self.scheduling!r}")
         self._kv = SharedKV(self.profile.kv_capacity_tokens)
 
     def add(self, request_id: str, prompt_tokens: int, output_tokens: int,
-            prefix_key: str | None = None, prefix_tokens: int = 0, chain: PrefixChain = ()) -> None:
+            prefix_key: str | None = None, prefix_tokens: int = 0, chain: PrefixChain = (),
+            priority: int = 0) -> None:
         """Queue a request that will generate `output_tokens` tokens (>= 1) after its prompt.
 
         Its shareable prefixes: `chain` (see PrefixChain; entries past the prompt are its prompt
-        plus part or all of its answer), or one shared prefix, `prefix_key` of `prefix_tokens`."""
+        plus part or all of its answer), or one shared prefix, `prefix_key` of `prefix_tokens`.
+        `priority`: lower first, under scheduling "priority" (ignored under "fcfs", as vLLM's)."""
         if request_id in self._requests:
             raise ValueError(f"request {request_id!r} already in the engine")
         if prompt_tokens < 1 or output_tokens < 1:
@@ -256,10 +271,12 @@ class EngineModel:
         if not chain and prefix_key is not None and prefix_tokens:
             chain = ((prefix_key, prefix_tokens),)
         check_chain(chain)
-        request = _Request(request_id, prompt_tokens, output_tokens, tuple(chain))
+        self._arrivals += 1
+        request = _Request(request_id, prompt_tokens, output_tokens, tuple(chain),
+                           priority=priority if self.scheduling == "priority" else 0, seq=self._arrivals)
         request.next_fill = chain[0][1] if chain else float("inf")
         self._requests[request_id] = request
-        self._waiting.append(request)
+        self._enqueue(request, front=False)
 
     def cancel(self, request_id: str) -> bool:
         """Drop a request, freeing its KV. False if the engine does not hold it."""
@@ -321,7 +338,13 @@ class EngineModel:
             new = min(request.known - request.computed, budget)
             preempted_itself = False
             while self._kv.in_use + new > p.kv_capacity_tokens:
-                victim = self._running.pop()  # the most recently admitted
+                victim = self._victim()
+                at = self._running.index(victim)
+                del self._running[at]
+                if victim.request_id in scheduled:  # already given tokens this step: taken back
+                    budget += scheduled.pop(victim.request_id)
+                if at < index:
+                    index -= 1
                 self._preempt(victim)
                 preempted.append(victim.request_id)
                 if victim is request:
@@ -403,7 +426,23 @@ class EngineModel:
         self._free(request)
         request.computed = request.filled = 0
         request.next_fill = request.chain[0][1] if request.chain else float("inf")
-        self._waiting.appendleft(request)
+        self._enqueue(request, front=True)
+
+    def _victim(self) -> _Request:
+        """Whom a preemption frees: the most recently admitted (fcfs), or the running request of
+        the lowest priority, latest arrival (priority)."""
+        if self.scheduling == "priority":
+            return max(self._running, key=lambda r: r.rank)
+        return self._running[-1]
+
+    def _enqueue(self, request: _Request, front: bool) -> None:
+        """fcfs: arrivals at the back, preempted requests at the front. priority: both by
+        (priority, arrival)."""
+        if self.scheduling == "fcfs":
+            self._waiting.appendleft(request) if front else self._waiting.append(request)
+            return
+        at = next((i for i, r in enumerate(self._waiting) if r.rank > request.rank), len(self._waiting))
+        self._waiting.insert(at, request)
 
     def _prefix_hit(self, request: _Request) -> tuple[int, int, int]:
         """(chain entries, tokens, revived tokens) the prefix cache saves this request now; revived:

@@ -59,6 +59,9 @@ class GenerateRequest:
     # The pool's replicas best first, as the ingress predicted them (router/routing/placer.py);
     # the pool's RequestRouter ranks them so (empty: it ranks by load alone).
     preferred_replicas: list[str] = field(default_factory=list)
+    # vLLM's request priority, lower first: the request's tier (router/fairness/tiers.py). Pools
+    # whose engine schedules by priority honour it; others ignore it.
+    priority: int = 0
 
     @property
     def work_tokens(self) -> int:

@@ -49,11 +49,11 @@ class Progress:
 class EngineLoop:
     def __init__(self, profile: GPUProfile, time_scale: float = 1.0,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, scheduling: str = "fcfs"):
         if time_scale <= 0:
             raise ValueError("time_scale must be > 0")
         self.profile = profile
-        self._engine = EngineModel(profile)
+        self._engine = EngineModel(profile, scheduling)
         self._scale = time_scale
         self._sleep, self._clock = sleep, clock
         self._progress: dict[str, Progress] = {}
@@ -62,9 +62,10 @@ class EngineLoop:
         self.busy_s = 0.0  # modelled engine time spent in steps
 
     def submit(self, request_id: str, prompt_tokens: int, output_tokens: int,
-               prefix_key: str | None = None, prefix_tokens: int = 0, chain: PrefixChain = ()) -> Progress:
+               prefix_key: str | None = None, prefix_tokens: int = 0, chain: PrefixChain = (),
+               priority: int = 0) -> Progress:
         """Queue a request; raises ValueError when the engine cannot take it (see EngineModel.add)."""
-        self._engine.add(request_id, prompt_tokens, output_tokens, prefix_key, prefix_tokens, chain)
+        self._engine.add(request_id, prompt_tokens, output_tokens, prefix_key, prefix_tokens, chain, priority)
         progress = self._progress[request_id] = Progress()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())

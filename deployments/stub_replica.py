@@ -53,13 +53,14 @@ class StubReplica:
         gpu: str | list[str] | None = None,
         time_scale: float = 1.0,
         emit_interval_ms: float = 0.0,
+        scheduling_policy: str = "fcfs",
     ):
         if isinstance(gpu, list):  # one deployment over mixed GPUs: this replica's is its rank's
             gpu = gpu[serve.get_replica_context().rank.rank % len(gpu)]
             accelerator = f"{gpu}-emulated"
         self._prefill_rate = float(prefill_tokens_per_s)
         self._decode_s = float(decode_ms_per_token) / 1000.0
-        self._engine = EngineLoop(PROFILES[gpu], time_scale) if gpu else None
+        self._engine = EngineLoop(PROFILES[gpu], time_scale, scheduling=scheduling_policy) if gpu else None
         self._gpu, self._time_scale = gpu, time_scale
         self._emit_interval_s = float(emit_interval_ms) / 1000.0
         self._counter = TekkenCounter(tokenizer_path)
@@ -144,7 +145,7 @@ class StubReplica:
         engine_id = f"{request.request_id}#{next(self._seq)}"
         # The prefixes vLLM's cache would share, keyed as the router's memory keys them.
         chain = prefix_keys.fit(prefix_keys.request_chain(request.kind, request.messages, request.prompt), prompt_tokens)
-        progress = self._engine.submit(engine_id, prompt_tokens, n, chain=chain)
+        progress = self._engine.submit(engine_id, prompt_tokens, n, chain=chain, priority=request.priority)
         try:
             while True:
                 await progress.changed.wait()

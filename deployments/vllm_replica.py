@@ -129,6 +129,9 @@ class MagistralLLMServer(LLMServer):
         # The engine model routing predicts this replica with (none: the router's length rule).
         self._profile = {STAT_GPU_PROFILE: gpu_profile} if gpu_profile else {}
         self._sched = _LatestSchedulerStats()
+        # A pool whose engine schedules by priority gets each request's tier (vLLM refuses a
+        # non-zero priority under its default "fcfs" policy).
+        self._by_priority = llm_config.engine_kwargs.get("scheduling_policy") == "priority"
         # Ours first: vLLM then finds a global TracerProvider set and its llm_request spans go
         # through our exporter, as children of the span whose context we pass as trace headers.
         tracer = configure_tracing(f"replica:{pool}")
@@ -155,6 +158,8 @@ class MagistralLLMServer(LLMServer):
         common = dict(model=self._model_id, max_tokens=request.max_tokens, stream=True,
                       stream_options={"include_usage": True, "continuous_usage_stats": True},
                       stop=request.stop or None, **request.sampling)
+        if self._by_priority:
+            common["priority"] = request.priority
         if request.kind == "chat":
             extra = {"tools": request.tools, "tool_choice": request.tool_choice} if request.tools else {}
             if request.response_format:

@@ -33,6 +33,7 @@ PROVIDER_MISTRAL = _gen_ai.GenAiProviderNameValues.MISTRAL_AI.value
 # Tenancy and billing
 TENANT = "magistral.tenant.id"
 REQUEST_ID = "magistral.request.id"  # the client's x-request-id (or the proxy's)
+REQUEST_TIER = "magistral.request.tier"  # interactive | standard | batch: the priority it ran at
 LEDGER_KEY = "magistral.ledger.request_key"  # the usage_ledger row of this request
 COST_USD = "magistral.cost_usd"
 OUTCOME = "magistral.outcome"  # completed | cancelled | failed | refused

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from common.protocol import GenerateRequest
 from common.telemetry import attributes as A
 from router.admission import Admission
+from router.fairness.tiers import DEFAULT_TIER, Tier, request_tier
 from router.magistral_defaults import with_default_sampling
 from router.telemetry.request_trace import RequestTrace
 from router.tenancy.directory import Tenant
@@ -38,6 +39,7 @@ class RequestContext:
     response_format: dict | None = None
     prompt: str | None = None  # text completion
     exact: bool = False  # always count the prompt (an answer that states it up front needs it)
+    tier: Tier = DEFAULT_TIER  # the priority it runs at: the tenant's, or the lower one it asked for
     # Client request ids may repeat; this one may not (the ledger row's key).
     request_key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -48,11 +50,12 @@ class RequestContext:
         return cls(request_id=request_id, kind=kind, tenant=tenant, model=body.model, stream=body.stream,
                    requested_max_tokens=body.requested_max_tokens(),
                    sampling=with_default_sampling(body.sampling(), default_sampling), stop=body.stop_list(),
-                   trace=trace, **prompt)
+                   trace=trace, tier=request_tier(tenant.priority, body.asked_tier()), **prompt)
 
     def span_attributes(self, served_model: str, client_sampling: dict[str, Any]) -> dict:
         attributes = {A.OPERATION: _OPERATIONS[self.kind], A.PROVIDER: A.PROVIDER_MISTRAL, A.REQUEST_MODEL: self.model,
-                      A.RESPONSE_MODEL: served_model, A.REQUEST_STREAM: self.stream, A.REQUEST_ID: self.request_id}
+                      A.RESPONSE_MODEL: served_model, A.REQUEST_STREAM: self.stream, A.REQUEST_ID: self.request_id,
+                      A.REQUEST_TIER: self.tier.label}
         if self.requested_max_tokens is not None:
             attributes[A.REQUEST_MAX_TOKENS] = self.requested_max_tokens
         if "temperature" in client_sampling:
@@ -71,4 +74,5 @@ class RequestContext:
             prompt_tokens=admission.prompt_tokens, prompt_tokens_bound=admission.prompt_tokens_bound,
             max_tokens=max_tokens, stop=self.stop, sampling=self.sampling, model=served_model,
             request_key=self.request_key, trace_context=trace_context, preferred_replicas=list(preferred_replicas),
+            priority=int(self.tier),
         )

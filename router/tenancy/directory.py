@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from router.fairness.tiers import DEFAULT_TIER, TIER_NAMES, Tier, parse_tier
 from router.tenancy.quota import Limits
 
 logger = logging.getLogger("ray.serve")
@@ -47,6 +48,9 @@ class TenantSpec(BaseModel):
     api_keys: list[str] = Field(default_factory=list)  # plain keys: for local use
     api_key_sha256: list[str] = Field(default_factory=list)
     tier: str | None = None  # price tier; None: the prices file's default tier
+    # Priority tier (router/fairness/tiers.py): interactive, standard or batch; a request may ask
+    # for a lower one, never a higher one.
+    priority: str = DEFAULT_TIER.label
     admin: bool = False  # sees every tenant's usage
     allowed_pools: list[str] | None = None  # None: every pool
     limits: TenantLimits = Field(default_factory=TenantLimits)
@@ -55,6 +59,14 @@ class TenantSpec(BaseModel):
     @classmethod
     def _no_limits(cls, v):
         return {} if v is None else v  # `limits:` with every line commented out
+
+    @field_validator("priority")
+    @classmethod
+    def _known_priority(cls, v: str) -> str:
+        try:
+            return parse_tier(v).label
+        except ValueError:
+            raise ValueError(f"priority is one of {', '.join(TIER_NAMES)}") from None
 
     @field_validator("api_key_sha256")
     @classmethod
@@ -91,6 +103,7 @@ class Tenant:
     admin: bool = False
     allowed_pools: frozenset[str] | None = None
     limits: Limits = Limits()
+    priority: Tier = DEFAULT_TIER
 
     def may_use(self, pool: str) -> bool:
         return self.allowed_pools is None or pool in self.allowed_pools
@@ -107,7 +120,7 @@ class TenantDirectory:
         for name, spec in tenants.items():
             tenant = Tenant(name, spec.tier, spec.admin,
                             None if spec.allowed_pools is None else frozenset(spec.allowed_pools),
-                            spec.limits.as_limits())
+                            spec.limits.as_limits(), parse_tier(spec.priority))
             self.tenants[name] = tenant
             for digest in {key_digest(k) for k in spec.api_keys} | set(spec.api_key_sha256):
                 if digest in self._by_digest:

@@ -59,7 +59,7 @@ def test_stub_engine_takes_one_kind_of_speed():
     from common.config import StubEngine
 
     assert StubEngine(gpu="H100_TP1", time_scale=4).replica_kwargs() == {
-        "gpu": "H100_TP1", "time_scale": 4.0, "emit_interval_ms": 0.0}
+        "gpu": "H100_TP1", "time_scale": 4.0, "emit_interval_ms": 0.0, "scheduling_policy": "fcfs"}
     assert StubEngine().replica_kwargs() == {"prefill_tokens_per_s": 50_000.0, "decode_ms_per_token": 5.0}
     # the ingress re-validates a dumped config: a dump of a gpu engine must load again
     again = StubEngine.model_validate(StubEngine(gpu="L40S_TP2").model_dump(mode="json"))

@@ -327,3 +327,39 @@ def test_throughput_rises_with_batch_size_up_to_the_kv_limit_then_requests_queue
         assert runs[larger][0] > 1.3 * runs[smaller][0], runs
     assert runs[64][0] < 1.1 * runs[32][0], runs  # past the KV limit: no more throughput
     assert runs[64][1] > 3 * runs[32][1], runs  # ... but the last request waits far longer for its first token
+
+
+def first_tokens_order(scheduling: str) -> list[str]:
+    engine = EngineModel(dataclasses.replace(TINY, max_num_seqs=1), scheduling=scheduling)
+    engine.add("running", prompt_tokens=50, output_tokens=5, priority=1)
+    engine.step()
+    engine.add("batch", prompt_tokens=50, output_tokens=1, priority=2)
+    engine.add("standard", prompt_tokens=50, output_tokens=1, priority=1)
+    engine.add("interactive", prompt_tokens=50, output_tokens=1, priority=0)
+    _, events = run(engine)
+    return sorted(events, key=lambda rid: events[rid]["first"][0] if events[rid]["first"] else 0.0)
+
+
+def test_priority_scheduling_serves_waiting_requests_by_priority_then_arrival():
+    assert first_tokens_order("fcfs") == ["running", "batch", "standard", "interactive"]
+    assert first_tokens_order("priority") == ["running", "interactive", "standard", "batch"]
+
+
+def test_priority_scheduling_preempts_the_lowest_priority_not_the_newest():
+    def preempted(scheduling: str) -> tuple[str, ...]:
+        engine = EngineModel(dataclasses.replace(TINY, kv_capacity_tokens=400, max_num_batched_tokens=400),
+                             scheduling=scheduling)
+        engine.add("low", prompt_tokens=100, output_tokens=200, priority=2)
+        engine.add("high", prompt_tokens=100, output_tokens=200, priority=0)
+        out: list[str] = []
+        while not engine.idle and not out:
+            out.extend(engine.step().preempted)
+        return tuple(out)
+
+    assert preempted("fcfs") == ("high",)  # the most recently admitted
+    assert preempted("priority") == ("low",)
+
+
+def test_an_unknown_scheduling_policy_is_refused():
+    with pytest.raises(ValueError, match="fcfs"):
+        EngineModel(TINY, scheduling="sjf")

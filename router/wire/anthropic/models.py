@@ -204,6 +204,11 @@ class MessagesRequest(CountTokensRequest):
     top_k: int | None = Field(None, ge=0, le=MAX_INT32)
     stream: bool = False
     metadata: Metadata | None = None
+    # Anthropic's: both run at the tenant's own priority tier.
+    service_tier: Literal["auto", "standard_only"] | None = None
+
+    def asked_tier(self) -> str | None:
+        return None
 
     # The helpers the OpenAI request models offer, so route code can treat both alike.
     def requested_max_tokens(self) -> int:

@@ -98,6 +98,12 @@ class _Sampling(_Request):
     # vLLM's extension: generate up to max_tokens whatever the model's end token says
     # (benchmarks fix output lengths with it, as vLLM's own do).
     ignore_eos: bool | None = None
+    # OpenAI's processing tier: "flex" runs at the `batch` priority, "priority" at `interactive`
+    # (never above the tenant's own tier); the others at the tenant's tier.
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+
+    def asked_tier(self) -> str | None:
+        return {"flex": "batch", "priority": "interactive"}.get(self.service_tier or "")
 
     @field_validator("stop")
     @classmethod
