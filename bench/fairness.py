@@ -367,8 +367,8 @@ def print_summary(s: dict, tenants: Sequence[str]) -> None:
 
 
 def measure(quick: bool = False, workers: int = 2, quiet_rate: float | None = None,
-            measure_capacity: bool = False) -> dict:
-    seeds = (1,) if quick else (1, 2, 3)
+            measure_capacity: bool = False, seeds: tuple[int, ...] | None = None) -> dict:
+    seeds = seeds or ((1,) if quick else (1, 2, 3))
     duration = 360.0 if quick else 480.0
     started = time.perf_counter()
     if measure_capacity:
@@ -416,9 +416,11 @@ def main(argv=None) -> None:
                              "--quick otherwise uses the stated figure)")
     parser.add_argument("--quiet-rate", type=float,
                         help="each quiet tenant's on-rate (req/s), instead of 1.3x capacity")
+    parser.add_argument("--seeds", type=lambda s: tuple(int(x) for x in s.split(",")),
+                        help="comma-separated seeds (default 1,2,3; --quick 1), e.g. ones the gates were not tuned on")
     args = parser.parse_args(argv)
     result = measure(args.quick, args.workers, args.quiet_rate,
-                     (args.measure_capacity or not args.quick) and args.quiet_rate is None)
+                     (args.measure_capacity or not args.quick) and args.quiet_rate is None, args.seeds)
     write_json("fairness", result)
     fair, fifo = result["summaries"]["fair"], result["summaries"]["fifo"]
     print(f"fairness quiet_vs_alone_min={fair['quiet_vs_alone_min']:.3f} "
