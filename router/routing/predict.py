@@ -168,9 +168,9 @@ def rank(predictions: Iterable[Prediction], headroom: float = HEADROOM) -> list[
     first (ties on id keep the order fixed). Among those meeting them: replicas holding at least
     AFFINITY_SHARE of the prompt first (a conversation stays where its context is cached, until
     that replica is predicted to miss: affinity yields to the prediction, so a hot prefix spreads
-    once its holder's queue would make it late; measured on seeds 101 of the prefix-heavy
-    workload, goodput at 5.5 req/s went 0.93 -> 0.96 and at 6.5 req/s 0.44 -> 0.59). Then the GPU class that fits the
-    request most tightly first (a chat goes to the class that just holds its objectives, leaving
+    once its holder's queue would make it late; on the prefix-heavy workload, tuning seed 101,
+    goodput at 5.5 req/s went 0.93 -> 0.96 and at 6.5 req/s 0.44 -> 0.59). Then the GPU class
+    that fits the request most tightly first (a chat goes to the class that just holds its objectives, leaving
     faster classes to what only they can serve), the least loaded replica of it first, then the
     cheapest. The load of a replica for a request is its fullness (KV and sequence slots) plus
     the share of the request's GPU-seconds its uncached prefill is there: prefix-cache affinity
