@@ -60,7 +60,8 @@ def small(body):
         for key in ("max_tokens", "max_completion_tokens"):
             if isinstance(body.get(key), int) and not isinstance(body.get(key), bool) and body[key] > 8:
                 body[key] = 8
-        if body.get("ignore_eos") is True and "max_tokens" not in body and "max_completion_tokens" not in body:
+        if body.get("ignore_eos") is True and body.get("max_tokens") is None \
+                and body.get("max_completion_tokens") is None:  # absent, or null
             body["max_tokens"] = 8
     return body
 
