@@ -56,10 +56,11 @@ def run_calibration(tiny_model_dir: Path, out: Path) -> tuple[str, float]:
     return output, time.monotonic() - started
 
 
-@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
-def test_fitted_engine_model_predicts_the_cpu_engine(tiny_model_dir, tmp_path):
-    output, elapsed = run_calibration(tiny_model_dir, tmp_path / "cpu-profile.json")
-    report = json.loads((tmp_path / "cpu-profile.json").read_text())
+def one_run(tiny_model_dir: Path, out: Path) -> tuple[bool | None, dict, dict]:
+    """One calibration: its structural checks asserted; (within the targets, None when the machine
+    was too busy to tell; the p50 errors; the fit)."""
+    output, elapsed = run_calibration(tiny_model_dir, out)
+    report = json.loads(out.read_text())
     ours = [line for line in output.splitlines() if not line.startswith(("(", " ", "[", "Triton", "/"))]
     print(f"calibration took {elapsed:.0f} s", *ours[-14:], sep="\n")  # shown with -s, and on failure
 
@@ -79,8 +80,28 @@ def test_fitted_engine_model_predicts_the_cpu_engine(tiny_model_dir, tmp_path):
     errors = {metric: report["comparison"][metric]["err"]["p50"] for metric in ("ttft", "tpot")}
     within = fit["r2"] >= MIN_R2 and all(abs(e) <= P50_TOLERANCE for e in errors.values())
     busy = max(max(cpus) for cpus in report["other_processes_cpus"].values())
-    if not within and busy > QUIET_CPUS:
-        pytest.skip(f"other processes kept {busy:.2f} CPUs busy during the run, so the engine's wall-clock steps "
-                    f"were stretched at random: R^2 {fit['r2']:.3f}, p50 errors {errors}; rerun on a quiet machine")
-    assert fit["r2"] >= MIN_R2, fit
-    assert all(abs(e) <= P50_TOLERANCE for e in errors.values()), (errors, report["comparison"])
+    return (None if not within and busy > QUIET_CPUS else within), errors, fit
+
+
+RUNS = 3  # the majority of up to three quick runs decides
+
+
+@pytest.mark.timeout(RUNS * RUN_TIMEOUT_S + 60)
+def test_fitted_engine_model_predicts_the_cpu_engine(tiny_model_dir, tmp_path):
+    """One quick run's p50 errors spread about +-10 points around the model's own bias (this
+    machine's speed drifts 10-20 % over seconds even when nothing else runs: docs/calibration.md),
+    so a single run near the 20 % line passes or fails by chance (measured: 2 of 4 quiet runs at
+    -22 % and +22 %). The check takes the majority of up to three runs: a model that is really
+    off fails most of them."""
+    verdicts, seen = [], []
+    for i in range(RUNS):
+        within, errors, fit = one_run(tiny_model_dir, tmp_path / f"cpu-profile-{i}.json")
+        seen.append((within, {k: round(v, 3) for k, v in errors.items()}, round(fit["r2"], 3)))
+        verdicts.append(within)
+        if verdicts.count(True) * 2 > RUNS or verdicts.count(False) * 2 > RUNS:
+            break
+    if verdicts.count(True) * 2 <= RUNS and verdicts.count(False) * 2 <= RUNS:
+        pytest.skip(f"other processes kept the CPU busy during the runs, so the engine's wall-clock steps were "
+                    f"stretched at random: {seen}; rerun on a quiet machine")
+    assert verdicts.count(True) * 2 > RUNS, f"most runs missed TTFT/TPOT p50 within {P50_TOLERANCE:.0%} or R^2 " \
+                                            f">= {MIN_R2}: {seen}"
