@@ -126,9 +126,7 @@ def predict(view: ReplicaView, request: RequestShape) -> Prediction:
 
     # The GPU class's price of this request at a reference batch, not at this replica's current one:
     # a busier replica of the same class is not cheaper (that would pile work on it).
-    gpu_s = (p.prefill_s_per_token * request.prompt_tokens
-             + out * (p.base_s / REFERENCE_BATCH + p.decode_s_per_seq
-                      + p.attention_s_per_kv_token * (request.prompt_tokens + out / 2)))
+    gpu_s = gpu_seconds(p, request.prompt_tokens, out)
     miss = max(ttft / request.ttft_limit_s, tpot / request.tpot_limit_s)
     # Harm: each running sequence stalls for this request's prefill; spread over a typical answer's
     # time budget (the likely output at the TPOT objective), summed over the batch.
@@ -138,6 +136,16 @@ def predict(view: ReplicaView, request: RequestShape) -> Prediction:
                       idle_miss(p, request), ttft / request.ttft_limit_s, tpot / request.tpot_limit_s, harm, fullness,
                       view.pool, p.name, model_ttft, cached, p.prefill_s_per_token * uncached / gpu_s,
                       cached / request.prompt_tokens)
+
+
+def gpu_seconds(p: GPUProfile, prompt_tokens: int, output_tokens: int) -> float:
+    """GPU-seconds of one request on class `p`: its prefill, then each output token's share of a
+    step at REFERENCE_BATCH, its decode and the attention over its growing context. The price the
+    ranking uses, and the currency of fair share (router/fairness/cost.py)."""
+    out = max(1, output_tokens)
+    return (p.prefill_s_per_token * prompt_tokens
+            + out * (p.base_s / REFERENCE_BATCH + p.decode_s_per_seq
+                     + p.attention_s_per_kv_token * (prompt_tokens + out / 2)))
 
 
 def idle_miss(p: GPUProfile, request: RequestShape) -> float:
