@@ -120,6 +120,35 @@ class Objectives(BaseModel):
         return self.ttft_base_s + prompt_tokens / self.ttft_prefill_tokens_per_s
 
 
+class FairnessConfig(BaseModel):
+    """The ingress's fair admission queue (router/fairness/, docs/fairness.md). Off by default: on,
+    a request that no replica is predicted to serve within its objectives waits in the ingress
+    (priority tier, then the least-served tenant in GPU-seconds, then the earliest deadline) or is
+    refused at once with 429/503 and Retry-After, instead of queueing in a replica."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = False
+    # Per tier, how long beyond its first-token objective's slack a request may wait in the queue,
+    # and the longest wait ever allowed (interactive | standard | batch).
+    extra_wait_s: dict[str, float] = Field(
+        default_factory=lambda: {"interactive": 0.0, "standard": 0.0, "batch": 60.0})
+    max_wait_s: dict[str, float] = Field(
+        default_factory=lambda: {"interactive": 10.0, "standard": 30.0, "batch": 120.0})
+    max_retry_after_s: int = Field(60, ge=1)
+    # Held requests are tried again this often (and at once when a request ends).
+    retry_interval_s: float = Field(0.05, gt=0, le=5)
+
+    @model_validator(mode="after")
+    def _tiers(self) -> "FairnessConfig":
+        known = {"interactive", "standard", "batch"}
+        for name, table in (("extra_wait_s", self.extra_wait_s), ("max_wait_s", self.max_wait_s)):
+            if unknown := set(table) - known:
+                raise ValueError(f"fairness.{name}: unknown tiers {sorted(unknown)}; known: {sorted(known)}")
+            if any(v < 0 for v in table.values()):
+                raise ValueError(f"fairness.{name}: waits must be >= 0")
+        return self
+
+
 class PoolConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -194,6 +223,7 @@ class AppConfig(BaseModel):
     # as a baseline for bench/routing.py.
     routing: Literal["predicted", "length_spill"] = "predicted"
     objectives: Objectives = Field(default_factory=Objectives)
+    fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     pools: list[PoolConfig] = Field(min_length=1)  # cheapest first
 
     @model_validator(mode="after")
@@ -208,6 +238,8 @@ class AppConfig(BaseModel):
             # the engine's own default max_tokens equal what is left of the cap.
             if p.max_model_len > self.context_cap:
                 raise ValueError(f"pool {p.name}: max_model_len {p.max_model_len} > context_cap {self.context_cap}")
+        if self.fairness.enabled and self.routing != "predicted":
+            raise ValueError("fairness.enabled needs routing: predicted (the queue decides on the placer's predictions)")
         return self
 
     @property

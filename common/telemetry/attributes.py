@@ -48,6 +48,13 @@ CLAMPED_FROM = "magistral.admission.clamped_from"
 QUOTA_DECISION = "magistral.quota.decision"  # grant | clamp | refuse | unavailable
 QUOTA_LIMIT = "magistral.quota.limit"  # the limit that refused or clamped
 QUOTA_CLAMPED_FROM = "magistral.quota.clamped_from"
+# The fair admission queue (fairness.enabled)
+QUEUE_DECISION = "magistral.queue.decision"  # admit | queue | shed | bypass (no prediction yet)
+QUEUE_WAIT_S = "magistral.queue.wait_s"  # held in the ingress before dispatch (or before shed)
+QUEUE_EXPECTED_WAIT_S = "magistral.queue.expected_wait_s"  # at arrival, from the work ahead
+QUEUE_ALLOWED_WAIT_S = "magistral.queue.allowed_wait_s"  # its bounded wait
+QUEUE_SHED_STATUS = "magistral.queue.shed_status"  # 429 (over its fair share) | 503 (fleet overloaded)
+QUEUE_RETRY_AFTER_S = "magistral.queue.retry_after_s"
 
 # Routing
 POOL = "magistral.pool"

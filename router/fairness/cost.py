@@ -7,15 +7,6 @@ from the fleet. Predicted at dispatch with the likely output; actual at finish w
 
 from __future__ import annotations
 
-from common.engine_model import GPUProfile
-from router.routing.predict import gpu_seconds
+from router.routing.predict import gpu_seconds, idle_ttft_s
 
 __all__ = ["gpu_seconds", "idle_ttft_s"]
-
-
-def idle_ttft_s(profile: GPUProfile, prompt_tokens: int) -> float:
-    """Time to first token on a free replica of `profile` (its prompt in chunks of the step
-    budget, nothing else in the batch): the best a queued request can hope for once dispatched,
-    which bounds how long it may wait and still meet its objective."""
-    steps = -(-max(1, prompt_tokens) // profile.max_num_batched_tokens)
-    return steps * profile.base_s + profile.prefill_s_per_token * prompt_tokens

@@ -73,6 +73,10 @@ class FairQueue:
     def backlogged(self, tier: Tier) -> list[str]:
         return self._tiers[tier].backlogged()
 
+    def lengths(self) -> dict[Tier, int]:
+        """Held requests per tier."""
+        return {t: sum(map(len, q.by_tenant.values())) for t, q in self._tiers.items()}
+
     def counter(self, tenant: str, tier: Tier) -> float:
         return self._tiers[tier].counters.counter(tenant)
 

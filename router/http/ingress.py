@@ -35,6 +35,7 @@ from router.pipeline.context import RequestContext
 from router.pipeline.pipeline import Pipeline, StreamedAnswer, guard_prompt
 from router.telemetry.asgi import IngressTelemetry, TelemetryMiddleware, request_trace, trace_id_header
 from router.telemetry.metrics import IngressMetrics
+from router.telemetry.request_record import queue_length_points
 from router.telemetry.span_attributes import messages_attribute
 from router.tenancy.directory import Tenant
 from router.tenancy.errors import TenancyError
@@ -144,9 +145,11 @@ class RouterIngress:
         # Made now, so each pool's RequestRouter starts receiving its replicas' stats before the
         # first request (the predicted placement reads them all: router/fleet_stats.py).
         streams = {name: handle.options(stream=True) for name, handle in pools.items()}
+        metrics = self._telemetry.metrics
         self._pipeline = Pipeline(self._config, self._gate, self._counter,
                                   lambda pool, job: streams[pool].generate.remote(job),
-                                  fleet_stats=lambda: fleet_stats.rows(pools))
+                                  fleet_stats=lambda: fleet_stats.rows(pools),
+                                  queue_lengths=lambda lengths: metrics.record(queue_length_points(lengths)))
 
     # ---- routes -------------------------------------------------------------------------
     @app.get("/health", responses={503: {"description": "A pool has no ready replica."}})
@@ -227,7 +230,7 @@ class RouterIngress:
                                 default_sampling=self._config.default_sampling, **prompt)
         if rt.span.is_recording():
             rt.set(ctx.span_attributes(self._config.model_id, body.sampling()))
-        rt.record.stream = body.stream
+        rt.record.stream, rt.record.tier = body.stream, ctx.tier.label
         return ctx
 
     def _chat_context(self, request: Request, tenant: Tenant, body, messages: list[dict], tools, tool_choice,

@@ -15,6 +15,7 @@ refusals) for the HTTP edge to render; nothing here imports FastAPI. Replicas ar
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -23,18 +24,22 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from common.config import AppConfig
+from common.engine_model import profile_named
 from common.protocol import DELTA, END, ERROR, START, GenerateRequest
 from common.telemetry import attributes as A
 from common.tokens import PromptInvalid, TekkenCounter, chat_upper_bound, text_upper_bound
 from router import errors
 from router.admission import Admission, admit, bound_decides, effective_cap, needs_exact_count
 from router.context_cap import ContextLengthExceeded
+from router.fairness.tiers import Tier
 from router.pipeline.context import RequestContext
+from router.pipeline.fair_turns import FairTurns, Shed, allowed_for_replacement
 from router.routing.load_book import LoadBook
 from common import prefix_keys
 from router.routing.placer import Placement, Placer, pool_terms
-from router.routing.pools import PoolLimits, allowed_pools, pool_limits
-from router.telemetry.span_attributes import admission_attributes, quota_attributes, routing_attributes
+from router.routing.pools import PREDICTED, PoolChoice, PoolLimits, allowed_pools, pool_limits
+from router.telemetry.span_attributes import (admission_attributes, queue_attributes, quota_attributes,
+                                              routing_attributes)
 from router.tenancy.errors import QuotaRefused
 from router.tenancy.gate import TenancyGate
 from router.tenancy.settlement import Account, Ending
@@ -110,6 +115,7 @@ def guard_prompt(step: Callable[[], Any]) -> Any:
 
 
 FleetStats = Callable[[], Iterable[tuple[str, str, Mapping]]]  # (pool, replica id, its routing stats)
+QueueLengths = Callable[[Mapping[Tier, int]], None]  # the fair queue's held requests per tier, on change
 
 
 class _Watched:
@@ -149,14 +155,24 @@ class _Watched:
 
 class Pipeline:
     def __init__(self, config: AppConfig, gate: TenancyGate, counter: TekkenCounter, dispatch: Dispatch,
-                 fleet_stats: FleetStats = tuple, clock: Callable[[], float] = time.time):
+                 fleet_stats: FleetStats = tuple, clock: Callable[[], float] = time.time,
+                 queue_lengths: QueueLengths | None = None):
         self._config, self._gate, self._counter, self._dispatch = config, gate, counter, dispatch
         self._limits = pool_limits(config)
         self._pool_load = LoadBook()  # outstanding tokens this ingress sent to each pool
         # Predicted placement over every replica that publishes its engine's state (the length
         # rule decides while none has, and under routing: length_spill).
-        self.placer = Placer(pool_terms(config), config.objectives) if config.routing == "predicted" else None
+        terms = pool_terms(config)
+        self.placer = Placer(terms, config.objectives) if config.routing == "predicted" else None
         self._fleet_stats, self._clock = fleet_stats, clock
+        # The fair admission queue (fairness.enabled; config validation asks for routing: predicted).
+        self.turns = None
+        if config.fairness.enabled and self.placer is not None:
+            fallback = next((t.profile for t in terms.values() if t.profile is not None), None) or \
+                profile_named("l40s-pair")
+            self.turns = FairTurns(config.fairness, self.placer,
+                                   lambda: self.placer.views(self._fleet_stats(), self._clock()),
+                                   fallback, clock, queue_lengths)
 
     async def run(self, ctx: RequestContext, answer_for: Callable[[Admission], Answer]) -> WholeAnswer | StreamedAnswer:
         with ctx.trace.step("admission") as span:
@@ -164,10 +180,13 @@ class Pipeline:
             if span.is_recording():
                 span.set_attributes(admission_attributes(admission, self._config.context_cap))
             try:
+                admission = await self.take_turn(ctx, admission, span)
                 account = await self.reserve(ctx, admission, span)
             except BaseException:
                 if self.placer is not None:
                     self.placer.forget(ctx.request_key)
+                if self.turns is not None:  # dispatched by the queue, then refused: not charged
+                    self.turns.finished(ctx.request_key, None)
                 raise
         placed = await self.route(ctx, admission, account)
         answer = answer_for(admission)
@@ -233,6 +252,39 @@ class Pipeline:
             return self._counter.count_chat(ctx.messages, ctx.tools)
         return self._counter.count_text(ctx.prompt)
 
+    # ---- the fair queue's turn ---------------------------------------------------------------
+    async def take_turn(self, ctx: RequestContext, admission: Admission, span) -> Admission:
+        """With fairness on: dispatch now, wait in the fair queue, or be shed (router/pipeline/
+        fair_turns.py). Before the quota: a held request holds none of it. A request placed
+        anew after waiting may go to another pool that holds it."""
+        placement = admission.choice.placement
+        if self.turns is None:
+            return admission
+        record = ctx.trace.record
+        record.queue_decision = "bypass"
+        if placement is None:  # no replica has published its state yet: the length rule decided
+            span.set_attribute(A.QUEUE_DECISION, "bypass")
+            return admission
+        candidates = [p for p in self._limits if p.name in admission.choice.candidates]
+        pools = allowed_for_replacement(candidates, admission.context_limit, self._config.context_cap)
+        try:
+            turn = await self.turns.turn(ctx.request_key, ctx.tenant.name, ctx.tier, placement, pools)
+        except Shed as shed:
+            record.queue_decision, record.queue_wait_s, record.shed_status = "shed", shed.waited_s, shed.status
+            if span.is_recording():
+                span.set_attributes(queue_attributes("shed", shed.waited_s, shed.decision))
+            raise
+        record.queue_decision, record.queue_wait_s = turn.decision, turn.waited_s
+        if span.is_recording():
+            span.set_attributes(queue_attributes(turn.decision, turn.waited_s, turn))
+        if turn.placement is placement:
+            return admission
+        pool = next(p for p in self._limits if p.name == turn.placement.pool)
+        record.pool = pool.name
+        return dataclasses.replace(admission, choice=PoolChoice(pool, turn.placement.reason(),
+                                                                admission.choice.candidates, PREDICTED,
+                                                                turn.placement))
+
     # ---- reserve ---------------------------------------------------------------------------
     async def reserve(self, ctx: RequestContext, admission: Admission, span=None) -> Account:
         """Reserve the request's worst case; a clamp by the tenant's limits lowers max_tokens."""
@@ -270,6 +322,9 @@ class Pipeline:
 
         def release() -> None:
             self._pool_load.release(key)
+            if self.turns is not None:  # its tenant's fair share is charged what it really cost
+                self.turns.finished(key, (placement, account.prompt_tokens, account.completion_tokens)
+                                    if placement is not None and account.started else None)
             if events is not None:
                 events.cancel()
 

@@ -73,6 +73,7 @@ class Prediction:
     prefix_cached_tokens: int = 0  # of its prompt, predicted cached there (not prefilled again)
     prefill_share: float = 0.0  # its prefill there (the uncached prompt) as a share of its GPU-seconds
     cached_share: float = 0.0  # of its prompt, the share predicted cached there
+    idle_ttft_s: float = 0.0  # on an idle replica of its class (the fair queue's bounded wait)
 
     @property
     def meets(self) -> bool:
@@ -135,7 +136,7 @@ def predict(view: ReplicaView, request: RequestShape) -> Prediction:
     return Prediction(view.replica_id, ttft, tpot, gpu_s * view.usd_per_hour / 3600, waits, miss,
                       idle_miss(p, request), ttft / request.ttft_limit_s, tpot / request.tpot_limit_s, harm, fullness,
                       view.pool, p.name, model_ttft, cached, p.prefill_s_per_token * uncached / gpu_s,
-                      cached / request.prompt_tokens)
+                      cached / request.prompt_tokens, idle_ttft_s(p, request.prompt_tokens))
 
 
 def gpu_seconds(p: GPUProfile, prompt_tokens: int, output_tokens: int) -> float:
@@ -148,11 +149,18 @@ def gpu_seconds(p: GPUProfile, prompt_tokens: int, output_tokens: int) -> float:
                      + p.attention_s_per_kv_token * (prompt_tokens + out / 2)))
 
 
+def idle_ttft_s(p: GPUProfile, prompt_tokens: int) -> float:
+    """Time to first token on a free replica of class `p`: the prompt in chunks of the step
+    budget, nothing else in the batch. The best a request can hope for there, which also bounds
+    how long the fair queue may hold it and still meet its objective (router/fairness/)."""
+    steps = max(1, math.ceil(prompt_tokens / p.max_num_batched_tokens))
+    return steps * p.base_s + p.prefill_s_per_token * prompt_tokens
+
+
 def idle_miss(p: GPUProfile, request: RequestShape) -> float:
     """The request's miss ratio on an idle replica of this class (its best case there)."""
     out = max(1, request.likely_output_tokens)
-    steps = math.ceil(request.prompt_tokens / p.max_num_batched_tokens)
-    ttft = steps * p.base_s + p.prefill_s_per_token * request.prompt_tokens
+    ttft = idle_ttft_s(p, request.prompt_tokens)
     tpot = p.base_s + p.decode_s_per_seq + p.attention_s_per_kv_token * (request.prompt_tokens + out / 2)
     return max(ttft / request.ttft_limit_s, tpot / request.tpot_limit_s)
 

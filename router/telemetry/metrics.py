@@ -15,6 +15,7 @@ logger = logging.getLogger("ray.serve")
 
 # Seconds: a one-token stub answer takes ~10 ms; a long Magistral answer several minutes.
 LATENCY_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+QUEUE_WAIT_BUCKETS_S = [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 TTFT_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 # key -> (kind, Ray metric name, tag keys, histogram boundaries)
@@ -27,6 +28,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "latency": ("histogram", "magistral_request_latency_seconds", ("pool", "route", "stream", "status"),
                 LATENCY_BUCKETS_S),
     "ttft": ("histogram", "magistral_time_to_first_token_seconds", ("pool", "route"), TTFT_BUCKETS_S),
+    "queue_wait": ("histogram", "magistral_queue_wait_seconds", ("tenant", "tier"), QUEUE_WAIT_BUCKETS_S),
+    "shed": ("counter", "magistral_shed_requests", ("tenant", "tier", "status"), None),
+    "queue_length": ("gauge", "magistral_queue_length", ("tier",), None),
 }
 DESCRIPTIONS = {
     "requests": "Requests answered by the router, by how they ended (HTTP status; 499: client went away).",
@@ -36,6 +40,9 @@ DESCRIPTIONS = {
     "routing": "Pool choices by reason: preferred, spilled, all_saturated.",
     "latency": "Seconds from the request to its last byte.",
     "ttft": "Seconds from the request to its first generated token.",
+    "queue_wait": "Seconds a request waited in the ingress's fair queue before dispatch (0: admitted at once).",
+    "shed": "Requests the fair queue refused (status 429: tenant over its fair share; 503: fleet overloaded).",
+    "queue_length": "Requests held in this ingress's fair queue, by priority tier.",
 }
 
 class IngressMetrics:
@@ -48,6 +55,8 @@ class IngressMetrics:
         for key, (kind, name, tags, buckets) in METRICS.items():
             if kind == "counter":
                 self._metrics[key] = metrics.Counter(name, description=DESCRIPTIONS[key], tag_keys=tags)
+            elif kind == "gauge":
+                self._metrics[key] = metrics.Gauge(name, description=DESCRIPTIONS[key], tag_keys=tags)
             else:
                 self._metrics[key] = metrics.Histogram(name, description=DESCRIPTIONS[key], boundaries=buckets,
                                                        tag_keys=tags)
@@ -56,8 +65,11 @@ class IngressMetrics:
         try:
             for p in points:
                 metric = self._metrics[p.metric]
-                if METRICS[p.metric][0] == "counter":
+                kind = METRICS[p.metric][0]
+                if kind == "counter":
                     metric.inc(p.value, tags=p.tags)
+                elif kind == "gauge":
+                    metric.set(p.value, tags=p.tags)
                 else:
                     metric.observe(p.value, tags=p.tags)
         except Exception:  # noqa: BLE001 - a metric must never fail a request

@@ -36,6 +36,10 @@ class RequestRecord:
     first_token_s: float | None = None  # monotonic, when the first delta left for the client
     ended_s: float | None = None
     output_text: list[str] = field(default_factory=list)  # only with trace_content
+    tier: str = "standard"  # the priority tier it ran at
+    queue_decision: str | None = None  # the fair queue's (fairness.enabled): admit | queue | shed | bypass
+    queue_wait_s: float = 0.0
+    shed_status: int | None = None  # 429 | 503 when shed
 
     @property
     def status(self) -> int:
@@ -81,4 +85,13 @@ def metric_points(r: RequestRecord) -> list[Point]:
                             {"pool": r.pool, "route": r.route, "stream": str(r.stream).lower(), "status": status}))
     if r.first_token_s is not None:
         points.append(Point("ttft", r.first_token_s - r.started_s, {"pool": r.pool, "route": r.route}))
+    if r.queue_decision in ("admit", "queue"):
+        points.append(Point("queue_wait", r.queue_wait_s, {"tenant": r.tenant, "tier": r.tier}))
+    elif r.queue_decision == "shed":
+        points.append(Point("shed", 1, {"tenant": r.tenant, "tier": r.tier, "status": str(r.shed_status)}))
     return points
+
+
+def queue_length_points(lengths) -> list[Point]:
+    """The fair queue's held requests per tier (a gauge; Mapping[Tier, int])."""
+    return [Point("queue_length", n, {"tier": tier.label}) for tier, n in lengths.items()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 
 from router.admission import Admission
@@ -37,6 +38,21 @@ def quota_attributes(grant: Grant) -> dict[str, AttributeValue]:
         return {A.QUOTA_DECISION: "grant", A.GRANTED_MAX_TOKENS: grant.max_tokens}
     return {A.QUOTA_DECISION: "clamp", A.GRANTED_MAX_TOKENS: grant.max_tokens,
             A.QUOTA_CLAMPED_FROM: grant.clamped_from}
+
+
+def queue_attributes(decision: str, waited_s: float, figures) -> dict[str, AttributeValue]:
+    """The fair queue's decision (admit | queue | shed), how long the request waited in it, and
+    the figures it decided on (a Turn, or a shed Decision with its status and Retry-After)."""
+    out: dict[str, AttributeValue] = {
+        A.QUEUE_DECISION: decision, A.QUEUE_WAIT_S: round(waited_s, 4),
+        A.QUEUE_ALLOWED_WAIT_S: round(figures.allowed_wait_s, 3),
+    }
+    if math.isfinite(figures.expected_wait_s):
+        out[A.QUEUE_EXPECTED_WAIT_S] = round(figures.expected_wait_s, 3)
+    if getattr(figures, "status", None) is not None:
+        out[A.QUEUE_SHED_STATUS] = figures.status
+        out[A.QUEUE_RETRY_AFTER_S] = figures.retry_after_s
+    return out
 
 
 def routing_attributes(admission: Admission, outstanding: Mapping[str, int]) -> dict[str, AttributeValue]:

@@ -35,6 +35,8 @@ def exported_series() -> dict[str, set[str]]:
             series[f"ray_{name}_bucket"] = labels | {"le"}
             series[f"ray_{name}_sum"] = labels
             series[f"ray_{name}_count"] = labels
+        elif kind == "gauge":
+            series[f"ray_{name}"] = labels
         else:
             raise AssertionError(f"unknown metric kind {kind!r} for {name}")
     for name, _ in REPLICA_GAUGES.values():

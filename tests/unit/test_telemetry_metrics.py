@@ -17,7 +17,9 @@ from router.telemetry.request_record import (
     Point,
     RequestRecord,
     metric_points,
+    queue_length_points,
 )
+from router.fairness.tiers import Tier
 
 ROUTE = "/v1/chat/completions"
 
@@ -129,6 +131,25 @@ def test_ttft_only_after_a_first_token_and_from_the_first_one():
     assert point.tags == {"pool": "short", "route": ROUTE}
 
 
+def test_queue_points_only_with_the_fair_queue():
+    assert not {"queue_wait", "shed"} & set(by_metric(record(tenant="acme")))  # fairness off
+    assert not {"queue_wait", "shed"} & set(by_metric(record(tenant="acme", queue_decision="bypass")))
+    (wait,) = by_metric(record(tenant="acme", tier="batch", queue_decision="queue", queue_wait_s=1.5))["queue_wait"]
+    assert (wait.value, wait.tags) == (1.5, {"tenant": "acme", "tier": "batch"})
+    (admitted,) = by_metric(record(tenant="acme", queue_decision="admit"))["queue_wait"]
+    assert admitted.value == 0.0
+    shed = by_metric(record(tenant="acme", http_status=503, queue_decision="shed", queue_wait_s=0.2,
+                            shed_status=503))
+    assert "queue_wait" not in shed
+    assert [(p.value, p.tags) for p in shed["shed"]] == [(1, {"tenant": "acme", "tier": "standard", "status": "503"})]
+
+
+def test_queue_length_points_are_per_tier():
+    points = queue_length_points({Tier.INTERACTIVE: 0, Tier.STANDARD: 3, Tier.BATCH: 1})
+    assert {p.tags["tier"]: p.value for p in points} == {"interactive": 0, "standard": 3, "batch": 1}
+    assert {p.metric for p in points} == {"queue_length"}
+
+
 # ---- agreement with router/telemetry/metrics.py ------------------------------------------
 
 RECORDS = {
@@ -136,11 +157,16 @@ RECORDS = {
     "refused_before_auth": record(http_status=401, refusal="invalid_api_key"),
     "cancelled_mid_stream": record(tenant="acme", pool="long", routing_reason="all_saturated", stream=True,
                                    outcome=CANCELLED, first_token_s=100.1, ended_s=100.2),
+    "queued": record(tenant="acme", pool="short", tier="interactive", queue_decision="queue", queue_wait_s=0.3),
+    "shed": record(tenant="acme", http_status=429, refusal="fair_share_exceeded", queue_decision="shed",
+                   shed_status=429),
 }
 
 
 def test_the_records_below_make_every_declared_metric():
-    assert {p.metric for r in RECORDS.values() for p in metric_points(r)} == set(M.METRICS)
+    made = {p.metric for r in RECORDS.values() for p in metric_points(r)}
+    made |= {p.metric for p in queue_length_points({Tier.STANDARD: 2})}  # the queue's gauge, not per request
+    assert made == set(M.METRICS)
 
 
 @pytest.mark.parametrize("name", list(RECORDS))
@@ -158,7 +184,7 @@ def test_declarations_are_complete_and_histograms_have_sorted_buckets():
     for key, (kind, name, tag_keys, buckets) in M.METRICS.items():
         assert name.startswith("magistral_")
         assert len(set(tag_keys)) == len(tag_keys)
-        if kind == "counter":
+        if kind in ("counter", "gauge"):
             assert buckets is None, key
         else:
             assert kind == "histogram", key
@@ -207,6 +233,8 @@ def test_ingress_metrics_increment_counters_and_observe_histograms(fake_ray_metr
     assert [c[0] for c in calls["latency"]] == ["observe"]
     assert calls["ttft"] == [("observe", pytest.approx(0.25), {"pool": "short", "route": ROUTE})]
     assert ingress._metrics["latency"].boundaries == M.LATENCY_BUCKETS_S
+    ingress.record(queue_length_points({Tier.BATCH: 4}))
+    assert ingress._metrics["queue_length"].calls == [("set", 4, {"tier": "batch"})]
 
 
 def test_ingress_metrics_never_raise(fake_ray_metrics, caplog):
