@@ -119,17 +119,18 @@ def scenario_jobs(scenario: Scenario, tenants: Sequence[str] | None = None) -> l
     return sorted(jobs, key=lambda j: (j.arrival_s, j.job_id))
 
 
-def make(policy: str):
-    return make_fair_policy() if policy == "fair" else "predicted"
+def make(policy: str, ingresses: int = 1):
+    return make_fair_policy(ingresses=ingresses) if policy == "fair" else "predicted"
 
 
 # ---- one run and what it measured -------------------------------------------------------------
-def run(scenario: Scenario, policy: str, tenants: Sequence[str] | None = None) -> dict:
-    """Simulate the scenario (or only `tenants`' requests: a tenant alone) under `policy`; the
-    figures the report needs, per tenant."""
+def run(scenario: Scenario, policy: str, tenants: Sequence[str] | None = None, ingresses: int = 1) -> dict:
+    """Simulate the scenario (or only `tenants`' requests: a tenant alone) under `policy` (the
+    fair one with a queue in each of `ingresses` ingress replicas); the figures the report needs,
+    per tenant."""
     jobs = scenario_jobs(scenario, tenants)
     records: list[dict] = []
-    p = make(policy)
+    p = make(policy, ingresses)
     slo = SLO()
     result = simulate(mixed_fleet(scenario.h100, scenario.l40s), jobs, p, slo, duration_s=scenario.duration_s,
                       warmup_fraction=scenario.warmup_fraction, seed=scenario.seed, records=records)
@@ -296,6 +297,7 @@ class Task:
     scenario: Scenario
     policy: str
     tenants: tuple[str, ...] | None  # None: everyone; else who runs alone
+    ingresses: int = 1
 
     @property
     def label(self) -> str:
@@ -304,7 +306,7 @@ class Task:
 
 
 def _run(task: Task) -> dict:
-    return run(task.scenario, task.policy, task.tenants)
+    return run(task.scenario, task.policy, task.tenants, task.ingresses)
 
 
 def jain(values: Sequence[float]) -> float:
@@ -367,7 +369,7 @@ def print_summary(s: dict, tenants: Sequence[str]) -> None:
 
 
 def measure(quick: bool = False, workers: int = 2, quiet_rate: float | None = None,
-            measure_capacity: bool = False, seeds: tuple[int, ...] | None = None) -> dict:
+            measure_capacity: bool = False, seeds: tuple[int, ...] | None = None, ingresses: int = 1) -> dict:
     seeds = seeds or ((1,) if quick else (1, 2, 3))
     duration = 360.0 if quick else 480.0
     started = time.perf_counter()
@@ -383,10 +385,8 @@ def measure(quick: bool = False, workers: int = 2, quiet_rate: float | None = No
           f"running at {rate:.3f} req/s each, the noisy tenant at {NOISY_FACTOR * rate:.2f} req/s, "
           f"{sample.mean_rps:.2f} req/s on average; {duration:.0f} s per run, seeds {seeds}", flush=True)
     tenants = (NOISY,) + QUIET
-    tasks = [Task(Scenario(rate, duration, seed), policy, None) for seed in seeds for policy in POLICIES]
-    tasks += [Task(Scenario(rate, duration, seed), policy, (NOISY,)) for seed in seeds for policy in POLICIES]
-    tasks += [Task(Scenario(rate, duration, seed), policy, (t,))
-              for seed in seeds for policy in POLICIES for t in QUIET]
+    tasks = [Task(Scenario(rate, duration, seed), policy, who, ingresses)
+             for who in (None, (NOISY,), *((t,) for t in QUIET)) for seed in seeds for policy in POLICIES]
     print(f"{len(tasks)} simulations on {workers} workers ...", flush=True)
     outcomes: list[dict] = []
     with ProcessPoolExecutor(workers) as pool:
@@ -402,7 +402,7 @@ def measure(quick: bool = False, workers: int = 2, quiet_rate: float | None = No
                  for tenant in tenants}
         summaries[policy] = summarize(policy, mixed, alone, tenants)
         print_summary(summaries[policy], tenants)
-    return {"seeds": seeds, "duration_s": duration, "quiet_rate_at_capacity": at_capacity, "quiet_rate": rate,
+    return {"seeds": seeds, "ingresses": ingresses, "duration_s": duration, "quiet_rate_at_capacity": at_capacity, "quiet_rate": rate,
             "noisy_rate": NOISY_FACTOR * rate, "mean_rps": sample.mean_rps, "summaries": summaries,
             "wall_s": round(time.perf_counter() - started, 1)}
 
@@ -418,9 +418,15 @@ def main(argv=None) -> None:
                         help="each quiet tenant's on-rate (req/s), instead of 1.3x capacity")
     parser.add_argument("--seeds", type=lambda s: tuple(int(x) for x in s.split(",")),
                         help="comma-separated seeds (default 1,2,3; --quick 1), e.g. ones the gates were not tuned on")
+    parser.add_argument("--ingresses", type=int, default=1,
+                        help="fair queues, one per ingress replica, each given a share of the arrivals "
+                             "(router_replicas: N); default 1")
     args = parser.parse_args(argv)
+    if args.ingresses < 1:
+        parser.error("--ingresses must be at least 1")
     result = measure(args.quick, args.workers, args.quiet_rate,
-                     (args.measure_capacity or not args.quick) and args.quiet_rate is None, args.seeds)
+                     (args.measure_capacity or not args.quick) and args.quiet_rate is None, args.seeds,
+                     args.ingresses)
     write_json("fairness", result)
     fair, fifo = result["summaries"]["fair"], result["summaries"]["fifo"]
     print(f"fairness quiet_vs_alone_min={fair['quiet_vs_alone_min']:.3f} "

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAGISTRAL_CONTEXT = 40_960
 ENV_OVERRIDES = {"TENANTS_FILE": "tenants_file", "PRICES_FILE": "prices_file", "LEDGER_URL": "ledger_url"}
@@ -120,6 +120,10 @@ class Objectives(BaseModel):
         return self.ttft_base_s + prompt_tokens / self.ttft_prefill_tokens_per_s
 
 
+_EXTRA_WAIT_S = {"interactive": 0.0, "standard": 0.0, "batch": 60.0}
+_MAX_WAIT_S = {"interactive": 10.0, "standard": 30.0, "batch": 120.0}
+
+
 class FairnessConfig(BaseModel):
     """The ingress's fair admission queue (router/fairness/, docs/fairness.md). Off by default: on,
     a request that no replica is predicted to serve within its objectives waits in the ingress
@@ -129,14 +133,19 @@ class FairnessConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     enabled: bool = False
     # Per tier, how long beyond its first-token objective's slack a request may wait in the queue,
-    # and the longest wait ever allowed (interactive | standard | batch).
-    extra_wait_s: dict[str, float] = Field(
-        default_factory=lambda: {"interactive": 0.0, "standard": 0.0, "batch": 60.0})
-    max_wait_s: dict[str, float] = Field(
-        default_factory=lambda: {"interactive": 10.0, "standard": 30.0, "batch": 120.0})
+    # and the longest wait ever allowed (interactive | standard | batch). A tier left out keeps
+    # its default.
+    extra_wait_s: dict[str, float] = Field(default_factory=lambda: dict(_EXTRA_WAIT_S))
+    max_wait_s: dict[str, float] = Field(default_factory=lambda: dict(_MAX_WAIT_S))
     max_retry_after_s: int = Field(60, ge=1)
     # Held requests are tried again this often (and at once when a request ends).
     retry_interval_s: float = Field(0.05, gt=0, le=5)
+
+    @field_validator("extra_wait_s", "max_wait_s", mode="before")
+    @classmethod
+    def _over_defaults(cls, value, info):
+        defaults = _EXTRA_WAIT_S if info.field_name == "extra_wait_s" else _MAX_WAIT_S
+        return {**defaults, **value} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _tiers(self) -> "FairnessConfig":

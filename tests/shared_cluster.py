@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.otlp_receiver import OTLPReceiver
@@ -173,3 +174,18 @@ def postgres_app(local_cluster, ray_driver, postgres_server) -> str:
         "tenants_file": str(ROOT / "configs" / "tenants.yaml"), "router_replicas": 1,
         "pools": [{"name": "short", "max_model_len": 4096, "num_replicas": 1,
                    "engine": {"kind": "stub", "prefill_tokens_per_s": 50_000, "decode_ms_per_token": 2}}]})
+
+
+async def first_token_at(client: httpx.AsyncClient, url: str, headers: dict, body: dict) -> float:
+    """When the first generated token of a streamed chat arrived (monotonic)."""
+    async with client.stream("POST", f"{url}/v1/chat/completions", headers=headers,
+                             json={**body, "stream": True}) as response:
+        assert response.status_code == 200, await response.aread()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choices = json.loads(line[len("data: "):]).get("choices") or [{}]
+            delta = choices[0].get("delta") or {}
+            if delta.get("content") or delta.get("reasoning_content"):
+                return time.monotonic()
+    raise AssertionError("no token")

@@ -15,6 +15,7 @@ every arrival and step end; `dispatch` and `shed` are the loop's own.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -148,15 +149,48 @@ class FairAdmission:
                                         decision.retry_after_s, queued, decision.expected_wait_s))
 
 
+class SplitAdmission:
+    """Several ingress replicas' fair queues over one fleet, as `router_replicas: N` runs them:
+    each arrival goes to one queue (Serve's proxy spreads requests over ingress replicas; here by
+    a hash of the request id), and each queue orders, dispatches and sheds only what it holds.
+    They share the placement's view of the fleet (the replicas' published state)."""
+
+    def __init__(self, parts: list[FairAdmission]) -> None:
+        self.parts = parts
+
+    def _part(self, job: Job) -> FairAdmission:
+        return self.parts[zlib.crc32(job.job_id.encode()) % len(self.parts)]
+
+    def arrived(self, job: Job, fleet: Fleet, dispatch: Dispatch, shed: Shed) -> None:
+        self._part(job).arrived(job, fleet, dispatch, shed)
+
+    def step_ended(self, fleet: Fleet, changed: bool, dispatch: Dispatch, shed: Shed) -> None:
+        for part in self.parts:
+            part.step_ended(fleet, changed, dispatch, shed)
+
+    def finished(self, job: Job, replica: Replica) -> None:
+        self._part(job).finished(job, replica)
+
+    @property
+    def shed_log(self) -> list[ShedRecord]:
+        return sorted((r for part in self.parts for r in part.shed_log), key=lambda r: r.at)
+
+    @property
+    def dispatched_at(self) -> dict[str, float]:
+        return {k: v for part in self.parts for k, v in part.dispatched_at.items()}
+
+
 class FairPredicted(Predicted):
-    """`predicted` placement behind the fair admission queue."""
+    """`predicted` placement behind the fair admission queue (one per ingress replica)."""
 
     name = "fair_predicted"
 
     def __init__(self, slo: SLO = SLO(), usd_per_hour: Mapping[str, float] | None = None,
-                 bounds: WaitBounds = WaitBounds(), rate_window_s: float = 30.0, **admission) -> None:
+                 bounds: WaitBounds = WaitBounds(), rate_window_s: float = 30.0, ingresses: int = 1,
+                 **admission) -> None:
         super().__init__(slo, usd_per_hour)
-        self.admission = FairAdmission(self, slo, bounds, rate_window_s, **admission)
+        parts = [FairAdmission(self, slo, bounds, rate_window_s, **admission) for _ in range(ingresses)]
+        self.admission = parts[0] if ingresses == 1 else SplitAdmission(parts)
 
     def placement_of(self, job: Job) -> Placement | None:
         """The placement `choose` made for `job`, not yet routed (None: none was made)."""

@@ -49,6 +49,7 @@ class Waiting:
     best_idle_ttft_s: float  # on a free replica of the fastest class that holds it
     fallback_profile: GPUProfile  # its class for the cost estimate when it was not placed
     payload: Any = None  # the caller's request object
+    max_tokens: int | None = None  # its output cap, if it set one: the cost is never priced past it
 
 
 class Placing(Protocol):
@@ -164,4 +165,5 @@ class AdmissionQueue:
     def _cost(self, w: Waiting, placement: Placement | None) -> float:
         """Predicted GPU-seconds: its prompt and the likely output, on the class it goes to."""
         profile = (profile_named(placement.chosen.profile) if placement is not None else None) or w.fallback_profile
-        return gpu_seconds(profile, w.prompt_tokens, self._likely_output())
+        likely = self._likely_output()
+        return gpu_seconds(profile, w.prompt_tokens, likely if w.max_tokens is None else min(likely, w.max_tokens))

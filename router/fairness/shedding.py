@@ -7,7 +7,8 @@ fleet's recent dispatch rate turns that work into an expected wait. Then:
 
 - admit: a replica meets its objectives now and nothing is queued ahead of it;
 - queue: a replica meets its objectives now (the queue's next retry dispatches it if what is ahead
-  of it fits nowhere), or its expected wait is within its bounded wait;
+  of it fits nowhere), or its expected wait is within its bounded wait, or there is no recent
+  dispatch to estimate the wait from;
 - shed: otherwise, with 429 when its tenant holds more than an equal share of its tier's queue
   (back off: you are the backlog) or 503 when the fleet is overloaded (not the tenant's doing),
   and Retry-After in whole seconds: how much longer than its bounded wait the queue ahead of it
@@ -100,7 +101,9 @@ def decide(*, meets_now: bool, work_ahead_gpu_s: float, rate_gpu_s_per_s: float,
     wait = expected_wait(work_ahead_gpu_s, rate_gpu_s_per_s)
     if meets_now and work_ahead_gpu_s <= 0:
         return Decision(Action.ADMIT, wait, allowed_wait_s)
-    if meets_now or wait <= allowed_wait_s:
+    # No dispatch seen yet (a new ingress replica, or one the proxy has sent nothing): the wait is
+    # unknown, not endless; it is held, and its bounded wait still sheds it in time.
+    if meets_now or wait <= allowed_wait_s or rate_gpu_s_per_s <= 0:
         return Decision(Action.QUEUE, wait, allowed_wait_s)
     return Decision(Action.SHED, wait, allowed_wait_s, shed_status(over_share),
                     retry_after(wait, allowed_wait_s, max_retry_after_s))

@@ -110,7 +110,8 @@ class FairTurns:
         self._wake: asyncio.Event | None = None
         self._pump: asyncio.Task | None = None
 
-    async def turn(self, key: str, tenant: str, tier: Tier, placement: Placement, pools: Collection[str]) -> Turn:
+    async def turn(self, key: str, tenant: str, tier: Tier, placement: Placement, pools: Collection[str],
+                   max_tokens: int | None = None) -> Turn:
         """Admit (the placement stands), hold until a retry dispatches it (a new placement), or
         raise `Shed`. The caller has booked `placement` with the placer; a held or shed request's
         booking is forgotten here."""
@@ -119,7 +120,7 @@ class FairTurns:
         ask = _Ask(placement.prompt_tokens, frozenset(pools), placement.chain, future)
         waiting = Waiting(key, tenant, tier, placement.prompt_tokens, now,
                           self._placer.objectives.ttft_limit_s(placement.prompt_tokens),
-                          min(p.idle_ttft_s for p in placement.predictions), self._fallback, ask)
+                          min(p.idle_ttft_s for p in placement.predictions), self._fallback, ask, max_tokens)
         decision = self.queue.arrive(waiting, placement, now)
         if decision.action is Action.ADMIT:
             return Turn(placement, "admit", 0.0, decision.expected_wait_s, decision.allowed_wait_s)

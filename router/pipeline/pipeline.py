@@ -268,7 +268,8 @@ class Pipeline:
         candidates = [p for p in self._limits if p.name in admission.choice.candidates]
         pools = allowed_for_replacement(candidates, admission.context_limit, self._config.context_cap)
         try:
-            turn = await self.turns.turn(ctx.request_key, ctx.tenant.name, ctx.tier, placement, pools)
+            turn = await self.turns.turn(ctx.request_key, ctx.tenant.name, ctx.tier, placement, pools,
+                                         admission.max_tokens)
         except Shed as shed:
             record.queue_decision, record.queue_wait_s, record.shed_status = "shed", shed.waited_s, shed.status
             if span.is_recording():

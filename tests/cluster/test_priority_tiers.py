@@ -3,15 +3,13 @@
 (the stub's engine model does what vLLM's scheduler does under `scheduling_policy: priority`)."""
 
 import asyncio
-import json
-import time
 
 import httpx
 import pytest
 from ray import serve
 
 from tests.conftest import user_prompt_with_tokens
-from tests.shared_cluster import deploy_app
+from tests.shared_cluster import deploy_app, first_token_at
 
 pytestmark = pytest.mark.cluster
 MODEL = "magistral-small-2506"
@@ -31,20 +29,6 @@ def apps(local_cluster, ray_driver):
     yield urls
     for s in urls:
         serve.delete(f"tiers-{s}")
-
-
-async def first_token_at(client: httpx.AsyncClient, url: str, headers: dict, body: dict) -> float:
-    async with client.stream("POST", f"{url}/v1/chat/completions", headers=headers,
-                             json={**body, "stream": True}) as response:
-        assert response.status_code == 200, await response.aread()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            choices = json.loads(line[len("data: "):]).get("choices") or [{}]
-            delta = choices[0].get("delta") or {}
-            if delta.get("content") or delta.get("reasoning_content"):
-                return time.monotonic()
-    raise AssertionError("no token")
 
 
 async def order_behind_a_backlog(url: str, auth: dict, counter) -> list[str]:

@@ -68,3 +68,21 @@ def test_stub_engine_takes_one_kind_of_speed():
                 {"gpu": "H100_TP1", "time_scale": 0}):
         with pytest.raises(ValueError):
             StubEngine(**bad)
+
+
+def test_the_fair_queue_is_off_unless_enabled_and_its_waits_are_checked():
+    assert not AppConfig.from_args(local_args()).fairness.enabled
+    with open("configs/production.yaml") as f:
+        production = yaml.safe_load(f)["applications"][0]["args"]
+    assert AppConfig.model_validate(production).fairness.enabled
+    on = AppConfig.from_args({**local_args(), "fairness": {"enabled": True, "extra_wait_s": {"batch": 90}}})
+    # A tier left out keeps its default.
+    assert on.fairness.extra_wait_s == {"interactive": 0, "standard": 0, "batch": 90}
+    assert on.fairness.max_wait_s == {"interactive": 10, "standard": 30, "batch": 120}
+    for bad in ({"enabled": True, "max_wait_s": {"premium": 5}},  # no such tier
+                {"enabled": True, "extra_wait_s": {"batch": -1}},
+                {"enabled": True, "retry_interval_s": 0}):
+        with pytest.raises(ValidationError):
+            AppConfig.from_args({**local_args(), "fairness": bad})
+    with pytest.raises(ValidationError, match="routing: predicted"):
+        AppConfig.from_args({**local_args(), "routing": "length_spill", "fairness": {"enabled": True}})

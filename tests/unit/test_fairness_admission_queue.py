@@ -95,3 +95,13 @@ def test_finishing_corrects_the_charge_to_the_actual_cost():
     q.finished("a", predicted * 3)
     assert "a" not in q.charges
     assert abs(q.queue.counter("t", Tier.STANDARD) - (before + 2 * predicted)) < 1e-9
+
+
+def test_a_request_with_an_output_cap_is_never_priced_past_it():
+    q = AdmissionQueue(likely_output=lambda: 900)
+    q.arrive(waiting("free", "t"), IDLE, now=0.0)
+    capped = Waiting("capped", "t", Tier.STANDARD, SHAPE.prompt_tokens, 0.0, SHAPE.ttft_limit_s, 0.2, L40S_TP2,
+                     payload="capped", max_tokens=8)
+    q.arrive(capped, IDLE, now=0.0)
+    assert q.charges["capped"].predicted_gpu_s < q.charges["free"].predicted_gpu_s / 5
+    assert q.charges["capped"].predicted_gpu_s > 0

@@ -62,10 +62,16 @@ def test_retry_after_is_whole_seconds_from_the_queue(wait, allowed, cap, expecte
     assert retry_after(wait, allowed, cap) == expected
 
 
-def test_no_rate_with_work_ahead_is_an_endless_wait_and_sheds():
+def test_no_rate_with_work_ahead_is_an_unknown_wait_and_is_held_not_shed():
+    """An ingress replica that has dispatched nothing yet has no rate to estimate a wait from (on a
+    live cluster with 2 ingresses, the one the proxy had sent only chats shed a batch chat with
+    Retry-After 60 while the fleet drained documents at 2/s). Held, its bounded wait decides."""
     assert expected_wait(5.0, 0.0) == math.inf
     assert expected_wait(0.0, 0.0) == 0.0
     d = arrival(work_ahead_gpu_s=5.0, rate_gpu_s_per_s=0.0)
+    assert d.action is Action.QUEUE and d.expected_wait_s == math.inf
+    # Past its bounded wait it is shed, told to come back after the longest Retry-After.
+    d = shed_queued(work_ahead_gpu_s=5.0, rate_gpu_s_per_s=0.0, over_share=False)
     assert d.shed and d.retry_after_s == 60
 
 

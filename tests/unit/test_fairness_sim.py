@@ -74,3 +74,17 @@ def test_other_policies_have_no_admission_queue():
 
     assert not hasattr(make_policy("predicted"), "admission")
     assert isinstance(make_fair_policy(), FairPredicted)
+
+
+def test_two_ingress_queues_each_hold_their_share_and_still_protect_the_quiet_tenants(outcomes):
+    """router_replicas: 2 keeps a queue in each ingress; each sees about half of every tenant's
+    requests. The quiet tenants keep most of the protection one queue gives them."""
+    jobs = scenario_jobs(TINY)
+    policy = make_fair_policy(ingresses=2)
+    simulate(mixed_fleet(TINY.h100, TINY.l40s), jobs, policy, SLO(), duration_s=TINY.duration_s)
+    parts = policy.admission.parts
+    admitted = [sum(p.core.decisions.values()) for p in parts]
+    assert len(parts) == 2 and min(admitted) > 0.35 * sum(admitted)  # each got a share of the arrivals
+    assert set(policy.admission.dispatched_at) == set(parts[0].dispatched_at) | set(parts[1].dispatched_at)
+    two = run(TINY, "fair", ingresses=2)
+    assert quiet_share(two) > quiet_share(outcomes["fifo"]) + 0.3
