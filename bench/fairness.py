@@ -427,7 +427,7 @@ def main(argv=None) -> None:
     result = measure(args.quick, args.workers, args.quiet_rate,
                      (args.measure_capacity or not args.quick) and args.quiet_rate is None, args.seeds,
                      args.ingresses)
-    write_json("fairness", result)
+    write_json("fairness" if args.ingresses == 1 else f"fairness_ingresses_{args.ingresses}", result)
     fair, fifo = result["summaries"]["fair"], result["summaries"]["fifo"]
     print(f"fairness quiet_vs_alone_min={fair['quiet_vs_alone_min']:.3f} "
           f"work_conserving_ratio={fair['work_conserving_ratio']:.3f} "
