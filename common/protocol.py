@@ -31,6 +31,9 @@ STAT_CONTEXT_TOKENS = "context_tokens"
 # which stretches every decoding sequence's steps there.
 STAT_PREFILLED_TOTAL = "prefilled_tokens_total"
 STAT_TIME = "stats_time"  # time.time() when taken
+# Usage of requests whose caller (an ingress replica) died, for a live ingress to bill
+# (deployments/caller_watch.py): a list of dicts, present only when there are some.
+STAT_ORPHANS = "orphans"
 
 # Completion tokens a request is expected to generate, for load estimates only: max_tokens is
 # often the whole remaining context, which says little about the work actually queued.
@@ -62,6 +65,9 @@ class GenerateRequest:
     # vLLM's request priority, lower first: the request's tier (router/fairness/tiers.py). Pools
     # whose engine schedules by priority honour it; others ignore it.
     priority: int = 0
+    # The calling ingress replica's Ray actor name: the replica watches it, and bills the usage of
+    # a request whose caller died through another ingress (deployments/caller_watch.py).
+    caller: str = ""
 
     @property
     def work_tokens(self) -> int:

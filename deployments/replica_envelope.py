@@ -16,7 +16,12 @@ it has generated so far); and its engine's stats. The envelope does the rest, in
    means failed (counted cancelled by the load, recorded on the span) and is re-raised. The tokens
    the admission says were generated go to the load's cancelled totals and, when cancelled, to
    the span.
-Routing stats are identity + load + engine stats, and refresh the replica's gauges.
+Routing stats are identity + load + engine stats (+ the orphans of deployments/caller_watch.py),
+and refresh the replica's gauges.
+
+The envelope also watches each request's caller (the ingress replica named in the request):
+every `probe_s` it asks `caller_alive` about each caller with requests here, and a dead caller's
+requests are cancelled and their usage published as orphans, for a live ingress to bill.
 
 No Ray API is called here (deployments/replica_load imports ray for ReplicaIdentity.current,
 which only the replicas call): tests drive it with a local tracer and fakes, without a cluster.
@@ -24,7 +29,9 @@ which only the replicas call): tests drive it with a local tracer and fakes, wit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -32,10 +39,16 @@ from typing import Any, Protocol
 
 from opentelemetry import trace
 
-from common.protocol import DELTA, END, STAT_TIME, GenerateRequest, start_event
+from common.protocol import DELTA, END, STAT_ORPHANS, STAT_TIME, GenerateRequest, start_event
 from common.telemetry.replica_span import GenerationSpan
 from common.tokens import BYTES_PER_TOKEN_ESTIMATE
+from deployments.caller_watch import CallerWatch, Usage
 from deployments.replica_load import ReplicaIdentity, ReplicaLoadTracker
+
+logger = logging.getLogger("ray.serve")
+
+# caller_alive(name) -> True, False (gone for good), or None (cannot tell now: asked again later).
+CallerAlive = Callable[[str], "bool | None"]
 
 
 @dataclass
@@ -69,12 +82,31 @@ class GaugeSink(Protocol):
     def update(self, stats: dict) -> None: ...  # common.telemetry.replica_metrics.ReplicaMetrics
 
 
+class _Counts:
+    """The usage the request's events reported so far (cumulative counts)."""
+
+    def __init__(self, prompt_tokens: int | None):
+        self.prompt, self.completion, self.reasoning, self.finished = prompt_tokens or 0, 0, 0, False
+
+    def observe(self, event: dict) -> None:
+        if event.get("prompt_tokens") is not None:
+            self.prompt = event["prompt_tokens"]
+        if event.get("completion_tokens") is not None:
+            self.completion = event["completion_tokens"]
+            self.reasoning = event.get("reasoning_tokens") or 0
+        self.finished |= event["event"] == END
+
+
 class ReplicaEnvelope:
-    def __init__(self, identity: ReplicaIdentity, tracer: trace.Tracer, metrics: GaugeSink):
+    def __init__(self, identity: ReplicaIdentity, tracer: trace.Tracer, metrics: GaugeSink,
+                 caller_alive: CallerAlive | None = None, probe_s: float = 2.0):
         self.identity = identity
         self.load = ReplicaLoadTracker()
         self._tracer = tracer
         self._metrics = metrics
+        self.callers = CallerWatch()
+        self._caller_alive, self._probe_s = caller_alive, probe_s
+        self._prober: asyncio.Task | None = None
 
     async def generate(self, request: GenerateRequest, admit: Admit) -> AsyncIterator[dict]:
         span = GenerationSpan(self._tracer, request, self.identity.as_dict())
@@ -88,6 +120,8 @@ class ReplicaEnvelope:
         prefill = prompt_estimate(request, admission)
         self.load.begin(work, prefill)
         self.load.hold(id(admission), prefill, admission.generated)
+        self._watch(id(admission), request.caller)
+        counts = _Counts(admission.prompt_tokens if admission.prompt_tokens is not None else request.prompt_tokens)
         cancelled, failure = True, None
         try:
             yield start_event(**self.identity.as_dict(), prompt_tokens=admission.prompt_tokens,
@@ -98,6 +132,7 @@ class ReplicaEnvelope:
                         self.load.prefilled(prefill)
                         prefill = 0
                     span.observe(event)
+                    counts.observe(event)
                     yield event
             cancelled = False
         except Exception as exc:
@@ -107,13 +142,43 @@ class ReplicaEnvelope:
             generated = admission.generated() if admission.generated is not None else None
             self.load.end(work, cancelled=cancelled, generated=generated or 0, unprefilled_tokens=prefill)
             self.load.release(id(admission))
+            self.callers.end(id(admission), Usage(
+                request.request_key, counts.prompt, max(counts.completion, generated or 0), counts.reasoning,
+                finished=counts.finished, ended_at=time.time()))
             span.end(cancelled=cancelled, generated=generated if cancelled else None, error=failure)
+
+    def _watch(self, key: int, caller: str) -> None:
+        """Watch the request's caller: cancelling this task ends the request as a client leaving
+        does (Serve cancels it the same way)."""
+        task = asyncio.current_task()
+        if not caller or self._caller_alive is None or task is None:
+            return
+        self.callers.begin(key, caller, task.cancel)
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(self._probe_callers())
+
+    async def _probe_callers(self) -> None:
+        while True:
+            await asyncio.sleep(self._probe_s)
+            for caller in self.callers.callers(time.time()):
+                try:
+                    alive = await asyncio.to_thread(self._caller_alive, caller)
+                except Exception as exc:  # noqa: BLE001 - cannot tell now: ask again next round
+                    logger.warning("probing caller %s failed: %s", caller, type(exc).__name__)
+                    continue
+                if alive is False:
+                    cut = self.callers.caller_dead(caller, time.time())
+                    logger.warning("caller %s is gone: %d of its requests cancelled, their usage published "
+                                   "for billing", caller, cut)
 
     def routing_stats(self, engine_stats: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
         """What record_routing_stats returns (Serve calls it every stats period, so the gauges are
         refreshed with it). base: stats the replica's base class publishes, overridden by ours."""
-        stats = {**(base or {}), **self.identity.as_dict(), **self.load.routing_stats(), **engine_stats,
-                 STAT_TIME: time.time()}
+        now = time.time()
+        stats = {**(base or {}), **self.identity.as_dict(), **self.load.routing_stats(), **engine_stats, STAT_TIME: now}
+        orphans = self.callers.orphans(now)
+        if orphans:
+            stats[STAT_ORPHANS] = orphans
         self._metrics.update(stats)
         return stats
 

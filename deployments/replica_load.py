@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import ray
 from ray import serve
+from ray.serve._private.constants import SERVE_NAMESPACE
 
 from common.protocol import (STAT_CONTEXT_TOKENS, STAT_ONGOING_REQUESTS, STAT_PREFILL_TOKENS, STAT_PREFILLED_TOTAL,
                              STAT_QUEUED_TOKENS)
@@ -87,3 +88,17 @@ class ReplicaIdentity:
 
     def as_dict(self) -> dict[str, str]:
         return {"replica": self.replica, "pool": self.pool, "accelerator": self.accelerator, "node_id": self.node_id}
+
+
+def caller_alive(actor_name: str) -> bool | None:
+    """Whether the ingress replica (a Serve actor) that sent a request still lives: False once Ray
+    no longer knows the name (a dead actor's name is released within ~0.3 s of its process dying,
+    measured), None when Ray cannot be asked now. ~1.3 ms per call (a GCS lookup)."""
+    try:
+        ray.get_actor(actor_name, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return False
+    except Exception:  # noqa: BLE001 - GCS unreachable or slow: do not decide now
+        return None
+    return True
+

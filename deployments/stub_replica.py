@@ -29,7 +29,7 @@ from common.engine_model import PROFILES, published_stats
 from common.protocol import STAT_KV_USAGE, STAT_RUNNING, STAT_WAITING, GenerateRequest, delta_event, end_event, error_event
 from deployments.reasoning_split import RawText, ThinkSplitter
 from deployments.replica_envelope import Admission, ReplicaEnvelope
-from deployments.replica_load import ReplicaIdentity
+from deployments.replica_load import ReplicaIdentity, caller_alive
 from deployments.stop_strings import StopMatcher
 from deployments.stub_text import FILLER_TEXT, last_user_text, stub_completion_text
 from common.telemetry.replica_metrics import ReplicaMetrics
@@ -67,7 +67,8 @@ class StubReplica:
         self._filler = self._counter.encode_text(FILLER_TEXT, bos=False)
         self._seq = itertools.count()
         self._envelope = ReplicaEnvelope(ReplicaIdentity.current(pool, accelerator),
-                                         configure_tracing(f"replica:{pool}"), ReplicaMetrics(pool, accelerator))
+                                         configure_tracing(f"replica:{pool}"), ReplicaMetrics(pool, accelerator),
+                                         caller_alive)
 
     def _count(self, request: GenerateRequest) -> int:
         if request.prompt_tokens is not None:

@@ -26,7 +26,7 @@ from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionReq
 from common.protocol import (STAT_GPU_PROFILE, STAT_KV_USAGE, STAT_RUNNING, STAT_WAITING, GenerateRequest,
                              delta_event, end_event, error_event)
 from deployments.replica_envelope import Admission, ReplicaEnvelope
-from deployments.replica_load import ReplicaIdentity
+from deployments.replica_load import ReplicaIdentity, caller_alive
 from deployments.vllm_config import llm_config_kwargs
 from common.config import AppConfig, PoolConfig
 from common.telemetry.replica_metrics import ReplicaMetrics
@@ -150,7 +150,7 @@ class MagistralLLMServer(LLMServer):
         manager = getattr(self._client, "logger_manager", None)
         if manager is not None:
             manager.stat_loggers.append(self._sched)
-        self._envelope = ReplicaEnvelope(ReplicaIdentity.current(pool, accelerator), tracer, metrics)
+        self._envelope = ReplicaEnvelope(ReplicaIdentity.current(pool, accelerator), tracer, metrics, caller_alive)
 
     def _engine_request(self, request: GenerateRequest):
         # Always stream from the engine, with usage on every chunk: a request cancelled mid-way

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from common.protocol import STAT_ORPHANS
+
 _ROUTERS: dict[Any, Any] = {}  # DeploymentID -> the RequestRouter serving it in this process
 
 
@@ -29,4 +31,14 @@ def rows(pools: Mapping[str, Any]) -> list[tuple[str, str, Mapping]]:
         # The router's loop may be another thread: copy its dict in one step before walking it.
         for replica in list(router.curr_replicas.values()):
             out.append((pool, replica.replica_id.unique_id, replica.routing_stats or {}))
+    return out
+
+
+def orphans(pools: Mapping[str, Any]) -> list[dict]:
+    """Usage of requests whose ingress died, as the replicas that served them publish it
+    (deployments/caller_watch.py), each with the serving replica's identity."""
+    out = []
+    for _pool, _replica, stats in rows(pools):
+        for usage in stats.get(STAT_ORPHANS) or ():
+            out.append({**usage, **{k: stats.get(k) for k in ("replica", "pool", "node_id", "accelerator")}})
     return out

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import uuid
 
+import ray
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -137,7 +138,8 @@ class RouterIngress:
             tenants_file=self._config.tenants_file, prices_file=self._config.prices_file,
             ledger_url=self._config.ledger_url, reload_s=self._config.tenants_reload_s,
             reservation_ttl_s=self._config.reservation_ttl_s,
-            pools=tuple(p.name for p in self._config.enabled_pools)))
+            pools=tuple(p.name for p in self._config.enabled_pools)),
+            orphans=lambda: fleet_stats.orphans(pools))
         app.state.gate = self._gate  # one ingress replica per process
         self._pools = pools
         self._counter = TekkenCounter(self._config.tokenizer_path)
@@ -149,7 +151,10 @@ class RouterIngress:
         self._pipeline = Pipeline(self._config, self._gate, self._counter,
                                   lambda pool, job: streams[pool].generate.remote(job),
                                   fleet_stats=lambda: fleet_stats.rows(pools),
-                                  queue_lengths=lambda lengths: metrics.record(queue_length_points(lengths)))
+                                  queue_lengths=lambda lengths: metrics.record(queue_length_points(lengths)),
+                                  # Replicas watch this name: if this process dies, they stop its
+                                  # requests and publish their usage for another ingress to bill.
+                                  caller=ray.get_runtime_context().get_actor_name() or "")
 
     # ---- routes -------------------------------------------------------------------------
     @app.get("/health", responses={503: {"description": "A pool has no ready replica."}})

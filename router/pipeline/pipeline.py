@@ -156,8 +156,9 @@ class _Watched:
 class Pipeline:
     def __init__(self, config: AppConfig, gate: TenancyGate, counter: TekkenCounter, dispatch: Dispatch,
                  fleet_stats: FleetStats = tuple, clock: Callable[[], float] = time.time,
-                 queue_lengths: QueueLengths | None = None):
+                 queue_lengths: QueueLengths | None = None, caller: str = ""):
         self._config, self._gate, self._counter, self._dispatch = config, gate, counter, dispatch
+        self._caller = caller  # this ingress's actor name, on every job (deployments/caller_watch.py)
         self._limits = pool_limits(config)
         self._pool_load = LoadBook()  # outstanding tokens this ingress sent to each pool
         # Predicted placement over every replica that publishes its engine's state (the length
@@ -316,7 +317,7 @@ class Pipeline:
             key, routing_attributes(admission, admission.pool_load) if rt.span.is_recording() else {})
         placement = admission.choice.placement
         job = ctx.job(admission, max_tokens, self._config.model_id, trace_context,
-                      placement.replicas if placement else ())
+                      placement.replicas if placement else (), self._caller)
         self._pool_load.book(pool, key, job.work_tokens)
         events = None
         dispatched_at = self._clock()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,7 +23,7 @@ from router.tenancy.errors import LedgerUnavailable, QuotaRefused
 from router.tenancy.pricing import PriceTable
 from router.tenancy.quota import Ask, Grant, Refusal
 from router.tenancy.settlement import Account, Ending
-from router.tenancy.store import CANCELLED, Outcome, QuotaStore, RequestInfo
+from router.tenancy.store import CANCELLED, OrphanUsage, Outcome, QuotaStore, RequestInfo
 
 logger = logging.getLogger("ray.serve")
 
@@ -41,7 +42,8 @@ class TenancySettings:
 
 
 class TenancyGate:
-    def __init__(self, settings: TenancySettings):
+    def __init__(self, settings: TenancySettings, orphans: Callable[[], Iterable[dict]] = tuple):
+        """orphans: the usage replicas publish for requests whose ingress died (router/fleet_stats.py)."""
         self.settings = settings
         # A reloaded file is checked as the deploy checks it; one that fails keeps the last good.
         self.prices = ReloadingFile(settings.prices_file, self._checked_prices, settings.reload_s)
@@ -56,6 +58,8 @@ class TenancyGate:
         self._live: set[str] = set()  # reservations this ingress still serves or has yet to settle
         self._unsettled: dict[str, tuple[RequestInfo, Outcome]] = {}  # settlements to retry
         self._keeper: asyncio.Task | None = None
+        self._orphans = orphans
+        self._orphans_done: set[str] = set()  # reported orphans already billed (or settled otherwise)
 
     def _checked_prices(self, data: dict) -> PriceTable:
         table = PriceTable.from_dict(data)
@@ -172,8 +176,33 @@ class TenancyGate:
                 dropped = await self._run(self.store.expire)
                 if dropped:
                     logger.warning("dropped %d reservations whose ingress stopped renewing them", dropped)
+                await self.bill_orphans()
             except Exception as exc:  # noqa: BLE001 - try again next round
                 logger.warning("renewing reservations failed: %s", type(exc).__name__)
+
+    async def bill_orphans(self) -> int:
+        """Bill the expired rows of requests whose ingress died with what their replicas report
+        they generated. A report stays published for minutes: each is billed once, then skipped."""
+        reports = [orphan_usage(d) for d in self._orphans()]
+        reported = {r.request_id for r in reports}
+        pending = [r for r in reports if r.request_id not in self._orphans_done]
+        billed, done = await self._run(self.store.bill_orphans, pending, self._orphan_cost) if pending else (0, set())
+        self._orphans_done = (self._orphans_done | done) & reported
+        if billed:
+            logger.warning("billed %d requests whose ingress died, from their replicas' counts", billed)
+        return billed
+
+    def _orphan_cost(self, tenant: str, report: OrphanUsage) -> Decimal:
+        known = self.tenants.get().tenants.get(tenant)
+        prices = self.prices.get().prices(known.tier if known else None, report.pool or "")
+        return prices.cost(report.prompt_tokens, report.completion_tokens, report.reasoning_tokens)
+
+
+def orphan_usage(report: dict) -> OrphanUsage:
+    """A replica's published orphan (deployments/caller_watch.py Usage + its identity)."""
+    return OrphanUsage(report["request_key"], int(report["prompt_tokens"]), int(report["completion_tokens"]),
+                       int(report.get("reasoning_tokens") or 0), bool(report.get("finished")),
+                       report.get("replica"), report.get("node_id"), report.get("accelerator"), report.get("pool"))
 
 
 __all__ = ["Account", "Ending", "TenancyGate", "TenancySettings"]

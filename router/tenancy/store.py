@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -145,6 +145,21 @@ class RequestInfo:
             self.client_request_id = self.client_request_id[:CLIENT_ID_CHARS]
 
 
+@dataclass(frozen=True)
+class OrphanUsage:
+    """What a replica generated for a request whose ingress died (deployments/caller_watch.py)."""
+
+    request_id: str
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    finished: bool
+    replica: str | None = None
+    node_id: str | None = None
+    accelerator: str | None = None
+    pool: str | None = None
+
+
 @dataclass
 class Outcome:
     """How a request ended, from the usage the engine reported (or the tokens delivered)."""
@@ -206,8 +221,12 @@ class _Statements:
         # rowcount of an INSERT tells whether the row was new: SQLAlchemy keeps it only when asked.
         self.write_row = (insert(ledger).on_conflict_do_nothing(index_elements=[g.request_id])
                           .execution_options(preserve_rowcount=True))
-        self.replace_expired = (update(ledger).where(g.request_id == bindparam("rid"), g.status == EXPIRED)
-                                .values({col: bindparam(col) for col in _ROW_COLUMNS}))
+        # An `expired` row nobody has billed yet (no replica named): the truth may still replace it,
+        # once: from its own ingress (it stalled past the expiry) or from its replica (the ingress
+        # died: bill_orphans). Either names the replica, so the row cannot be billed twice.
+        unbilled = (g.request_id == bindparam("rid"), g.status == EXPIRED, g.replica.is_(None))
+        self.replace_expired = update(ledger).where(*unbilled).values({col: bindparam(col) for col in _ROW_COLUMNS})
+        self.bill_orphan = update(ledger).where(*unbilled).values({col: bindparam(col) for col in _ORPHAN_COLUMNS})
         upsert = insert(counters)
         self.count = upsert.on_conflict_do_update(
             index_elements=[c.tenant, c.period],
@@ -251,6 +270,8 @@ class _Statements:
 
 
 _ROW_COLUMNS = [c.name for c in ledger.columns if c.name != "request_id"]
+_ORPHAN_COLUMNS = ["prompt_tokens", "completion_tokens", "reasoning_tokens", "cost_usd", "replica", "node_id",
+                   "accelerator", "error"]
 _SCHEMA_LOCK = 0x6D61_6769  # advisory lock key held while creating the tables
 
 
@@ -383,6 +404,42 @@ class QuotaStore:
             info = RequestInfo(r.request_id, r.tenant, r.client_request_id, r.route, r.model, r.pool, r.reserved_at)
             self._write_row(conn, info, Outcome(EXPIRED, error="its ingress stopped renewing the reservation"), now)
         return len(stale)
+
+    def bill_orphans(self, reports: Iterable[OrphanUsage], cost: Callable[[str, OrphanUsage], Decimal]) -> tuple[int, set[str]]:
+        """Bill what replicas generated for requests whose ingress died onto their `expired` rows:
+        the row keeps its status, takes the tokens, the cost (`cost(tenant, report)`) and the
+        replica, and the tokens count toward the tenant's spend, in one transaction per row.
+        Returns (rows billed, ids done with: billed now or before, or settled otherwise). A report
+        whose request has no row yet (its reservation has not expired) is left for a later call."""
+        by_id = {r.request_id: r for r in reports}
+        if not by_id:
+            return 0, set()
+        g = ledger.c
+        with self._read() as conn:
+            rows = conn.execute(select(g.request_id, g.tenant, g.status, g.replica, g.started_at)
+                                .where(g.request_id.in_(list(by_id)))).all()
+        billed = 0
+        for row in rows:
+            if row.status != EXPIRED or row.replica is not None:
+                continue
+            report = by_id[row.request_id]
+            usd = cost(row.tenant, report)
+            with self._tenant_tx(row.tenant) as conn:
+                done = conn.execute(self._sql.bill_orphan, {
+                    "rid": row.request_id, "prompt_tokens": report.prompt_tokens,
+                    "completion_tokens": report.completion_tokens, "reasoning_tokens": report.reasoning_tokens,
+                    "cost_usd": usd, "replica": report.replica, "node_id": report.node_id,
+                    "accelerator": report.accelerator,
+                    "error": ("its ingress died after the answer was generated; billed as its replica counted"
+                              if report.finished else "its ingress died mid-answer; billed what its replica "
+                              "generated until it stopped")}).rowcount
+                if done:
+                    tokens = report.prompt_tokens + report.completion_tokens
+                    conn.execute(self._sql.count, [
+                        {"tenant": row.tenant, "period": period, "requests": 1, "tokens": tokens, "cost_usd": usd}
+                        for period in (day_key(row.started_at), month_key(row.started_at))])
+                    billed += 1
+        return billed, {row.request_id for row in rows}
 
     # ---- reading --------------------------------------------------------------------------
     def in_flight(self, tenant: str | None = None) -> int:

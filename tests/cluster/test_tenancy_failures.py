@@ -3,7 +3,8 @@ holding the quota state (the PostgreSQL server) crashed and restarted mid-burst.
 
 What must hold: every request whose client got a complete answer has its ledger row with the
 usage the client saw; the dead ingress's reservations are dropped within the expiry bound (each
-leaves an `expired` row); the spent budget is what the ledger says, not reset.
+leaves an `expired` row), and those rows bill what the replica generated (it stops generating for
+a dead ingress); the spent budget is what the ledger says, not reset.
 """
 
 import asyncio
@@ -80,6 +81,7 @@ def crash_app(local_cluster, name: str, tmp_path, **args) -> str:
 
 def test_killed_ingress_loses_no_row_and_leaks_no_reservation(local_cluster, ray_driver, tmp_path):
     url = crash_app(local_cluster, "crash", tmp_path)
+    pool = serve.get_deployment_handle("pool-c", app_name="crash")
     store = QuotaStore(local_cluster["ledger_url"])
     pids = ingress_pids("crash")
     assert len(pids) == 2
@@ -114,8 +116,24 @@ def test_killed_ingress_loses_no_row_and_leaks_no_reservation(local_cluster, ray
         assert row["status"] == "completed"
         assert (row["prompt_tokens"], row["completion_tokens"], row["cost_usd"]) == (
             usage["prompt_tokens"], usage["completion_tokens"], usage["cost_usd"])
-    lost = [r for rid, r in rows.items() if rid not in complete]
-    assert lost and all(r["status"] in ("expired", "cancelled", "failed") for r in lost)
+    lost = [rid for rid in rows if rid not in complete]
+    assert lost and all(rows[rid]["status"] == "expired" for rid in lost)
+
+    # The replica stopped the dead ingress's requests (each would have run ~5 s) and a live
+    # ingress billed its expired rows with what the replica generated, naming the replica.
+    stats = pool.stats.remote().result()
+    assert stats["cancelled"] == len(lost) and stats["completed"] == len(complete)
+    while time.monotonic() - killed_at < TTL_S * 2 + 10 and not all(
+            r["replica"] for r in store.rows("crash", limit=1000) if r["client_request_id"] in lost):
+        time.sleep(0.2)
+    billed_after = time.monotonic() - killed_at
+    rows = {r["client_request_id"]: r for r in store.rows("crash", limit=1000)}
+    for rid in lost:
+        row = rows[rid]
+        assert row["status"] == "expired" and row["replica"] == stats["replica"], row
+        assert 0 < row["completion_tokens"] < 32 and row["prompt_tokens"] > 0 and row["cost_usd"] > 0, row
+    print(f"{len(lost)} cut streams billed {sum(rows[rid]['completion_tokens'] for rid in lost)} tokens "
+          f"generated, {billed_after:.1f} s after the kill")
 
     # The budget spent is the ledger's, not reset by the crash.
     billed = sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows.values())

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import select
 
 from router.tenancy.quota import OUT_OF_BUDGET, RATE_LIMITED, Ask, Grant, Limits, Refusal, Spend, day_key, month_key
-from router.tenancy.store import (CANCELLED, COMPLETED, EXPIRED, REFUSED, Outcome, QuotaStore, RequestInfo,
-                                  reservations)
+from router.tenancy.store import (CANCELLED, COMPLETED, EXPIRED, REFUSED, OrphanUsage, Outcome, QuotaStore,
+                                  RequestInfo, reservations)
 
 # Dollars per token: $0.15 and $0.60 per million tokens (at most 12 decimals: whole picodollars).
 INPUT = Decimal("0.15") / 1_000_000
@@ -307,6 +307,53 @@ def test_unrenewed_reservations_expire_and_a_late_settle_replaces_the_expired_ro
     assert len(store.rows()) == 2  # req-stalled and the refused req-x
     store.settle(alive, done(100, 100, Decimal(0)), finished_at=T0 + timedelta(seconds=22))
     assert store.in_flight() == 0
+
+
+def orphan(request_id: str, prompt: int = 100, completion: int = 37, finished: bool = False) -> OrphanUsage:
+    return OrphanUsage(request_id, prompt, completion, 5, finished, replica="replica-9", node_id="node-9",
+                       accelerator="L4", pool="short")
+
+
+def test_a_dead_ingress_s_expired_rows_are_billed_once_what_their_replica_generated(make_store):
+    store = make_store(reservation_ttl_s=5)
+    limits = Limits(tokens_per_day=10_000)
+    for rid in ("req-cut", "req-done", "req-early"):
+        assert isinstance(store.reserve(info(rid), "ingress-dead", limits, ask(100, 400)), Grant)
+    costs = []
+
+    def cost(tenant: str, report: OrphanUsage) -> Decimal:
+        costs.append((tenant, report.request_id))
+        return report.prompt_tokens * INPUT + report.completion_tokens * COMPLETION
+
+    # Reported before the reservation expired: nothing to bill yet (the ingress might still settle it).
+    assert store.bill_orphans([orphan("req-early")], cost) == (0, set())
+    assert store.expire(now=T0 + timedelta(seconds=6)) == 3
+    reports = [orphan("req-cut"), orphan("req-done", completion=400, finished=True), orphan("req-unknown")]
+    assert store.bill_orphans(reports, cost) == (2, {"req-cut", "req-done"})
+    cut = row(store, "req-cut")
+    assert (cut["status"], cut["prompt_tokens"], cut["completion_tokens"], cut["reasoning_tokens"], cut["replica"],
+            cut["node_id"], cut["accelerator"]) == (EXPIRED, 100, 37, 5, "replica-9", "node-9", "L4")
+    assert cut["cost_usd"] == 100 * INPUT + 37 * COMPLETION and "mid-answer" in cut["error"]
+    assert "after the answer" in row(store, "req-done")["error"]
+    billed = Spend(100 + 37 + 100 + 400, 200 * INPUT + 437 * COMPLETION)
+    assert store.spent(TENANT, day_key(T0)) == billed == store.spent(TENANT, month_key(T0))
+    # Reported again (replicas publish for minutes), or settled late by a stalled ingress: no change.
+    assert store.bill_orphans(reports, cost) == (0, {"req-cut", "req-done"})
+    assert store.settle(info("req-cut"), done(100, 50, Decimal(1)), finished_at=T0 + timedelta(seconds=9)) is False
+    assert store.spent(TENANT, day_key(T0)) == billed and len(costs) == 2
+    # An expired row nobody reports stays unbilled; the one reported early is billed once it expired.
+    assert row(store, "req-early")["completion_tokens"] == 0
+    assert store.bill_orphans([orphan("req-early", completion=3)], cost) == (1, {"req-early"})
+    assert row(store, "req-early")["completion_tokens"] == 3
+
+
+def test_an_orphan_report_never_touches_a_row_its_ingress_settled(store):
+    assert isinstance(store.reserve(info("req-1"), "ingress-a", Limits(), ask(100, 400)), Grant)
+    store.settle(info("req-1"), done(100, 20, Decimal("0.001")), finished_at=T0 + timedelta(seconds=1))
+    assert store.bill_orphans([orphan("req-1", completion=400)], lambda *_: Decimal(1)) == (0, {"req-1"})
+    settled = row(store, "req-1")
+    assert (settled["status"], settled["completion_tokens"], settled["replica"]) == (COMPLETED, 20, "replica-1")
+    assert store.spent(TENANT, day_key(T0)) == Spend(120, Decimal("0.001"))
 
 
 # ---- concurrency ------------------------------------------------------------------------------

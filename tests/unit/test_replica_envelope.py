@@ -245,3 +245,71 @@ async def test_routing_stats_are_identity_load_and_engine_stats_and_feed_the_gau
         "completed": 0, "cancelled": 1, "cancelled_completion_tokens": 0}
     assert len(metrics.updates) == 1  # stats() reads, the gauges are refreshed by routing stats only
     assert envelope.ready() == IDENTITY.as_dict()
+
+
+class Callers:
+    """caller_alive for the envelope: names listed in `dead` are gone."""
+
+    def __init__(self) -> None:
+        self.dead: set[str] = set()
+        self.asked: list[str] = []
+
+    def __call__(self, name: str) -> bool:
+        self.asked.append(name)
+        return name not in self.dead
+
+
+def slow_stream(n: int) -> list[dict]:
+    return [delta_event(content="x", completion_tokens=i + 1, reasoning_tokens=0) for i in range(n)] + [
+        end_event(finish_reason="stop", prompt_tokens=12, completion_tokens=n, reasoning_tokens=0)]
+
+
+class SlowReplica(FakeReplica):
+    async def produce(self):
+        self.started = True
+        try:
+            for event in self.events:
+                if event["event"] == "delta":
+                    self.generated = event["completion_tokens"]
+                yield event
+                await asyncio.sleep(0.01)
+        finally:
+            self.closed = True
+
+
+async def test_a_request_whose_caller_died_is_stopped_and_its_usage_published(exporter, metrics):
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    callers = Callers()
+    envelope = ReplicaEnvelope(IDENTITY, provider.get_tracer("test"), metrics, callers, probe_s=0.05)
+    orphan, kept = SlowReplica(slow_stream(1000)), SlowReplica(slow_stream(1000))
+    seen: dict[str, list[dict]] = {"dead": [], "live": []}
+
+    async def consume(who: str, replica: SlowReplica, key: str) -> None:
+        # Nobody reads a dead ingress's stream in Ray either: the replica runs on until told.
+        async for event in envelope.generate(request(caller=f"ingress-{who}", request_key=key), replica.admit):
+            seen[who].append(event)
+
+    dead_task = asyncio.create_task(consume("dead", orphan, "key-dead"))
+    live_task = asyncio.create_task(consume("live", kept, "key-live"))
+    await asyncio.sleep(0.2)
+    assert set(callers.asked) == {"ingress-dead", "ingress-live"}
+    callers.dead.add("ingress-dead")
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(dead_task, 1.0)
+    assert orphan.closed and not live_task.done()
+    generated = orphan.generated
+    assert 0 < generated < 1000
+    orphans = envelope.routing_stats({})["orphans"]
+    assert orphans == [{"request_key": "key-dead", "prompt_tokens": 12, "completion_tokens": generated,
+                        "reasoning_tokens": 0, "finished": False, "ended_at": orphans[0]["ended_at"]}]
+    assert totals(envelope)["cancelled"] == 1 and totals(envelope)["cancelled_completion_tokens"] == generated
+    live_task.cancel()
+    await asyncio.gather(live_task, return_exceptions=True)
+    assert [o["request_key"] for o in envelope.routing_stats({})["orphans"]] == ["key-dead"]  # not the live one
+
+
+async def test_without_a_caller_probe_nothing_is_watched(envelope):
+    replica = FakeReplica(stream())
+    _ = [event async for event in envelope.generate(request(caller="ingress-x"), replica.admit)]
+    assert "orphans" not in envelope.routing_stats({}) and envelope.callers.callers(time.time()) == set()

@@ -21,13 +21,13 @@ PRICES = {"tiers": {"standard": {"short": {"input": 0.5, "output": 1.5}}}}
 
 @pytest.fixture
 def make_gate(tmp_path):
-    def make(limits: dict | None = None, ttl: float = 15.0) -> TenancyGate:
+    def make(limits: dict | None = None, ttl: float = 15.0, orphans=tuple) -> TenancyGate:
         (tmp_path / "tenants.yaml").write_text(yaml.safe_dump(
             {"tenants": {"acme": {"api_keys": ["sk-acme"], "limits": limits or {}}}}))
         (tmp_path / "prices.yaml").write_text(yaml.safe_dump(PRICES))
         return TenancyGate(TenancySettings(str(tmp_path / "tenants.yaml"), str(tmp_path / "prices.yaml"),
                                            f"sqlite:///{tmp_path / 'ledger.db'}", reload_s=0.01,
-                                           reservation_ttl_s=ttl, pools=("short",)))
+                                           reservation_ttl_s=ttl, pools=("short",)), orphans)
     return make
 
 
@@ -76,6 +76,32 @@ async def test_a_settlement_the_ledger_refuses_is_retried_and_its_reservation_ke
     assert not gate._live and not gate._unsettled and gate.store.in_flight("acme") == 0
     (row,) = gate.store.rows("acme")
     assert (row["completion_tokens"], row["cost_usd"]) == (3, Decimal("0.0000095"))
+
+
+async def test_the_keeper_bills_a_dead_ingress_s_requests_from_their_replicas_reports(make_gate):
+    published: list[dict] = []
+    gate = make_gate(ttl=0.5, orphans=lambda: published)
+    tenant = gate.authenticate("sk-acme")
+    await gate.reserve(tenant, info("cut"), prompt_tokens=10, max_tokens=500, clampable=False)
+    gate._live.clear()  # as if another ingress, whose process died, had reserved it: nobody renews it
+    published.append({"request_key": "cut", "prompt_tokens": 10, "completion_tokens": 200, "reasoning_tokens": 50,
+                      "finished": False, "ended_at": 0.0, "replica": "rep-1", "node_id": "n-1",
+                      "accelerator": "L4", "pool": "short"})
+    assert await gate.bill_orphans() == 0  # its reservation has not expired: nothing billed yet
+    assert gate.store.rows("acme") == []
+    for _ in range(200):  # the keeper's rounds (every ttl / 3): expire, then bill
+        if gate.store.rows("acme") and gate.store.rows("acme")[0]["replica"]:
+            break
+        await asyncio.sleep(0.02)
+    (row,) = gate.store.rows("acme")
+    # 10 x $0.5 + 200 x $1.5 per million (reasoning priced as output when the tier has no reasoning price)
+    assert (row["status"], row["completion_tokens"], row["replica"], row["cost_usd"]) == (
+        "expired", 200, "rep-1", Decimal("0.000305"))
+    assert await gate.bill_orphans() == 0 and gate._orphans_done == {"cut"}  # billed once, then skipped
+    published.clear()
+    await gate.bill_orphans()
+    assert gate._orphans_done == set()  # forgotten once no replica reports it
+    gate._keeper.cancel()
 
 
 def test_account_takes_the_engines_prompt_count_from_deltas(make_gate):
