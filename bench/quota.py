@@ -1,8 +1,14 @@
-"""Admitted requests per second for ONE tenant across 4 ingress processes, through quota leases.
+"""Admitted requests per second for ONE tenant across 4 ingress processes.
 
     PYTHONPATH=. .venv/bin/python -m bench.quota [--quick]
 
-Each of 4 processes (multiprocessing, spawn) holds a lease of the same tenant (LeaseHolder:
+The live path (what the ingress runs): each of 4 processes runs the ingress's own TenancyGate with
+IN_FLIGHT requests at a time (reserve, then settle with the real usage), its reservations and
+settlements group-committed (router/tenancy/group_commit.py: one transaction for whatever queued
+while the last one ran). The tenant has a daily token budget the run exhausts and a concurrency
+limit; every process runs until the budget refuses it. This is the last line's figure.
+
+The lease path (built, not wired into the ingress): each of 4 processes (multiprocessing, spawn) holds a lease of the same tenant (LeaseHolder:
 router/tenancy/lease_store.py) and admits + settles in a tight loop: admit in memory, finish with
 the real usage, and sync when one is due (every `settle_batch` settlements or `settle_s`, free
 units low, renewal), each sync one transaction that writes the ledger rows, counts them and sets
@@ -12,28 +18,34 @@ Over-admissions = admitted requests beyond what the budget allows (must be 0); t
 counters are checked against the count too. Against SQLite (a temp file) and PostgreSQL (a
 throwaway server started as tests/postgres.py does, stopped at the end).
 
-For comparison, today's path in the same run: 4 processes calling QuotaStore.reserve + settle per
-request (two transactions each, as the ingress does through its thread pool) for a few seconds.
+For comparison, one transaction per reservation and per settlement (the ingress before group
+commits): 4 processes calling QuotaStore.reserve + settle per request for a few seconds.
 Last line: `quota tenant_admits_per_s_sqlite=... tenant_admits_per_s_postgres=... over_admitted=...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
+import os
 import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import yaml
+
 from bench.report import write_json
+from common.protocol import end_event
 from router.tenancy.lease_store import LeaseHolder, LeaseStore
 from router.tenancy.quota import Ask, Grant, Limits, Refusal, day_key
 from router.tenancy.store import COMPLETED, Outcome, QuotaStore, RequestInfo
 
 TENANT = "big"
 PROCESSES = 4
+IN_FLIGHT = 16  # per process: 64 in all, the tenant's concurrency limit
 PROMPT, MAX_TOKENS = 100, 50
 WORST = PROMPT + MAX_TOKENS
 INPUT, COMPLETION = Decimal("0.5") / 1_000_000, Decimal("1.5") / 1_000_000
@@ -67,6 +79,56 @@ def _lease_worker(url: str, limits: Limits, name: str, cap_s: float, ready, go, 
     store.close()
     out.put({"name": name, "admitted": admitted, "refused": refused, "syncs": holder.syncs,
              "first": first, "last": last})
+
+
+def _gate_worker(url: str, limits: Limits, name: str, cap_s: float, ready, go, out) -> None:
+    out.put(asyncio.run(_gate_loop(url, limits, name, cap_s, ready, go)))
+
+
+async def _gate_loop(url: str, limits: Limits, name: str, cap_s: float, ready, go) -> dict:
+    from router.tenancy.errors import QuotaRefused
+    from router.tenancy.gate import TenancyGate, TenancySettings
+    from router.tenancy.settlement import Ending
+
+    folder = tempfile.mkdtemp(prefix=f"bench-quota-{name}-")
+    tenants, prices = os.path.join(folder, "tenants.yaml"), os.path.join(folder, "prices.yaml")
+    with open(tenants, "w") as f:
+        yaml.safe_dump({"tenants": {TENANT: {"api_keys": ["sk-big"], "limits": {
+            k: v for k, v in vars(limits).items() if v is not None}}}}, f)
+    with open(prices, "w") as f:
+        yaml.safe_dump({"tiers": {"standard": {"short": {"input": 0.5, "output": 1.5}}}}, f)
+    gate = TenancyGate(TenancySettings(tenants, prices, url, pools=("short",)))
+    tenant = gate.authenticate("sk-big")
+    ready.put(name)
+    await asyncio.to_thread(go.wait)
+    counts = {"admitted": 0, "busy": 0}
+    times: list[float] = []
+    spent = asyncio.Event()
+    stop = time.monotonic() + cap_s
+
+    async def client() -> None:
+        while not spent.is_set() and time.monotonic() < stop:
+            info = RequestInfo(uuid.uuid4().hex, TENANT, route="chat", model="m", pool="short")
+            try:
+                account = await gate.reserve(tenant, info, prompt_tokens=PROMPT, max_tokens=MAX_TOKENS, clampable=False)
+            except QuotaRefused as exc:
+                if exc.refusal.limit == "max_concurrent_requests":  # another process's slot: try again
+                    counts["busy"] += 1
+                    await asyncio.sleep(0.001)
+                    continue
+                spent.set()  # the budget refuses for good
+                return
+            counts["admitted"] += 1
+            times.append(time.monotonic())
+            account.observe(end_event(finish_reason="stop", prompt_tokens=PROMPT, completion_tokens=MAX_TOKENS,
+                                      reasoning_tokens=0))
+            await gate.settle(account, Ending.COMPLETED)
+
+    await asyncio.gather(*(client() for _ in range(IN_FLIGHT)))
+    transactions = sum(g.transactions for g in (*gate._reserving.values(), *gate._settling.values()))
+    gate.store.close()
+    return {"name": name, **counts, "transactions": transactions,
+            "first": min(times) if times else None, "last": max(times) if times else None}
 
 
 def _today_worker(url: str, limits: Limits, name: str, seconds: float, ready, go, out) -> None:
@@ -106,10 +168,12 @@ def _run(target, url: str, limits: Limits, arg: float) -> tuple[list[dict], floa
     return results, elapsed
 
 
-def lease_path(url: str, allowed: int, cap_s: float) -> dict:
-    limits = Limits(tokens_per_day=WORST * allowed, max_concurrent_requests=64)
+def budget_run(worker, url: str, allowed: int, cap_s: float) -> dict:
+    """4 processes of `worker` against a budget of `allowed` requests: admitted per second, and
+    whether the ledger, the counters and the count agree with the budget."""
+    limits = Limits(tokens_per_day=WORST * allowed, max_concurrent_requests=PROCESSES * IN_FLIGHT)
     LeaseStore(url).close()  # the tables, before the processes race to create them
-    results, elapsed = _run(_lease_worker, url, limits, cap_s)
+    results, elapsed = _run(worker, url, limits, cap_s)
     admitted = sum(r["admitted"] for r in results)
     firsts = [r["first"] for r in results if r["first"]]
     lasts = [r["last"] for r in results if r["last"]]
@@ -122,7 +186,7 @@ def lease_path(url: str, allowed: int, cap_s: float) -> dict:
     return {"allowed": allowed, "admitted": admitted, "ledger_rows": rows, "spent_tokens": spent.tokens,
             "limit_tokens": limits.tokens_per_day, "over_admitted": over, "limit_reached": admitted == allowed,
             "seconds": span, "admits_per_s": admitted / span if span > 0 else 0.0,
-            "syncs": sum(r["syncs"] for r in results), "per_process": results}
+            "transactions": sum(r.get("syncs", r.get("transactions", 0)) for r in results), "per_process": results}
 
 
 def today_path(url: str, seconds: float) -> dict:
@@ -134,17 +198,18 @@ def today_path(url: str, seconds: float) -> dict:
 
 
 def measure(label: str, make_url, allowed: int, cap_s: float, today_s: float) -> dict:
-    print(f"{label}: lease path, {PROCESSES} processes, budget of {allowed} requests ...", flush=True)
-    lease = lease_path(make_url("lease"), allowed, cap_s)
-    print(f"{label}: lease path admitted {lease['admitted']} of {lease['allowed']} allowed in "
-          f"{lease['seconds']:.2f} s = {lease['admits_per_s']:.0f}/s ({lease['syncs']} syncs), "
-          f"ledger rows {lease['ledger_rows']}, over-admitted {lease['over_admitted']}", flush=True)
-    print(f"{label}: today's path (reserve + settle per request), {PROCESSES} processes, {today_s:.0f} s ...",
-          flush=True)
+    runs = {}
+    for path, worker, unit in (("live", _gate_worker, "transactions"), ("lease", _lease_worker, "syncs")):
+        print(f"{label}: {path} path, {PROCESSES} processes, budget of {allowed} requests ...", flush=True)
+        run = runs[path] = budget_run(worker, make_url(path), allowed, cap_s)
+        print(f"{label}: {path} path admitted {run['admitted']} of {run['allowed']} allowed in "
+              f"{run['seconds']:.2f} s = {run['admits_per_s']:.0f}/s ({run['transactions']} {unit}), "
+              f"ledger rows {run['ledger_rows']}, over-admitted {run['over_admitted']}", flush=True)
+    print(f"{label}: one transaction each (reserve, settle), {PROCESSES} processes, {today_s:.0f} s ...", flush=True)
     today = today_path(make_url("today"), today_s)
-    print(f"{label}: today's path {today['admits_per_s']:.0f}/s ({today['admitted']} in {today['seconds']:.1f} s)",
-          flush=True)
-    return {"lease": lease, "today": today}
+    print(f"{label}: one transaction each {today['admits_per_s']:.0f}/s ({today['admitted']} in "
+          f"{today['seconds']:.1f} s)", flush=True)
+    return {**runs, "one_transaction_each": today}
 
 
 def main() -> None:
@@ -174,10 +239,10 @@ def main() -> None:
             server.stop()
             server.remove()
             print("postgres: server stopped", flush=True)
-    sqlite_rate = results["sqlite"]["lease"]["admits_per_s"]
+    sqlite_rate = results["sqlite"]["live"]["admits_per_s"]
     pg = results["postgres"]
-    pg_rate = pg["lease"]["admits_per_s"] if pg else float("nan")
-    over = results["sqlite"]["lease"]["over_admitted"] + (pg["lease"]["over_admitted"] if pg else 0)
+    pg_rate = pg["live"]["admits_per_s"] if pg else float("nan")
+    over = sum(r[path]["over_admitted"] for r in (results["sqlite"], pg) if r for path in ("live", "lease"))
     results.update(tenant_admits_per_s_sqlite=sqlite_rate, tenant_admits_per_s_postgres=pg_rate, over_admitted=over,
                    target_admits_per_s=5000)
     write_json("quota", results)

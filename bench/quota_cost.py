@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/quota_cost.py [--requests 500] [--postgres-url postgresql://...]
 
-Runs the ingress's own TenancyGate (reserve -> settle, each a transaction on the gate's thread
-pool) against SQLite in a temp dir, and PostgreSQL when a URL is given, for a tenant with a
+Runs the ingress's own TenancyGate (reserve -> settle, group-committed on the gate's thread
+pool: router/tenancy/group_commit.py) against SQLite in a temp dir, and PostgreSQL when a URL is given, for a tenant with a
 requests-per-minute limit (the costlier path: it reads the minute window) and one with a daily
 token budget. Side by side: an empty hop through the same thread pool, the floor any database
 work pays. Prints p50 / p99 in ms, sequentially and with 32 requests in flight.
@@ -22,6 +22,7 @@ import uuid
 import yaml
 
 from router.tenancy.gate import TenancyGate, TenancySettings
+from router.tenancy.settlement import Ending
 from router.tenancy.store import RequestInfo
 
 TENANTS = {"tenants": {
@@ -38,7 +39,7 @@ async def one(gate: TenancyGate, tenant) -> None:
     info = RequestInfo(uuid.uuid4().hex, tenant.name, "bench", "chat", "m", "short")
     meter = await gate.reserve(tenant, info, prompt_tokens=100, max_tokens=50, clampable=False)
     meter.prompt_tokens, meter.completion_tokens = 100, 50
-    await gate.settle(meter)
+    await gate.settle(meter, Ending.COMPLETED)
 
 
 async def measure(gate: TenancyGate, tenant, n: int, concurrency: int) -> list[float]:
@@ -81,7 +82,7 @@ async def bench(url: str, n: int) -> None:
             samples = await measure(gate, tenant, n, concurrency)
             rows.append((label, concurrency, pct(samples, 0.5), pct(samples, 0.99), statistics.mean(samples) * 1e3))
     backend = url.split(":", 1)[0]
-    print(f"\n{backend}: {n} requests per row (reserve + settle, each a committed transaction)")
+    print(f"\n{backend}: {n} requests per row (reserve + settle, group-committed)")
     print(f"{'path':>14} {'in flight':>9} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
     for label, c, p50, p99, mean in rows:
         print(f"{label:>14} {c:>9} {p50:>8.3f} {p99:>8.3f} {mean:>8.3f}")

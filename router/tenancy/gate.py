@@ -20,10 +20,11 @@ from decimal import Decimal
 
 from router.tenancy.directory import ReloadingFile, Tenant, TenantDirectory
 from router.tenancy.errors import LedgerUnavailable, QuotaRefused
+from router.tenancy.group_commit import GroupCommit
 from router.tenancy.pricing import PriceTable
 from router.tenancy.quota import Ask, Grant, Refusal
 from router.tenancy.settlement import Account, Ending
-from router.tenancy.store import CANCELLED, OrphanUsage, Outcome, QuotaStore, RequestInfo
+from router.tenancy.store import CANCELLED, OrphanUsage, Outcome, QuotaStore, RequestInfo, utcnow
 
 logger = logging.getLogger("ray.serve")
 
@@ -59,6 +60,9 @@ class TenancyGate:
         self._unsettled: dict[str, tuple[RequestInfo, Outcome]] = {}  # settlements to retry
         self._keeper: asyncio.Task | None = None
         self._orphans = orphans
+        # Group commits per tenant: its reservations in one queue, its settlements in another.
+        self._reserving: dict[str, GroupCommit] = {}
+        self._settling: dict[str, GroupCommit] = {}
         self._orphans_done: set[str] = set()  # reported orphans already billed (or settled otherwise)
 
     def _checked_prices(self, data: dict) -> PriceTable:
@@ -77,6 +81,19 @@ class TenancyGate:
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
+    def _reservations(self, tenant: str) -> GroupCommit:
+        group = self._reserving.get(tenant)
+        if group is None:
+            group = self._reserving[tenant] = GroupCommit(
+                self._run, lambda batch: self.store.reserve_many(self.ingress_id, batch))
+        return group
+
+    def _settlements(self, tenant: str) -> GroupCommit:
+        group = self._settling.get(tenant)
+        if group is None:
+            group = self._settling[tenant] = GroupCommit(self._run, lambda batch: self.store.settle_many(batch))
+        return group
+
     def authenticate(self, key: str | None) -> Tenant | None:
         return self.tenants.get().authenticate(key)
 
@@ -87,7 +104,7 @@ class TenancyGate:
         self._ensure_keeper()
         prices = self.prices.get().prices(tenant.tier, info.pool)
         ask = Ask(prompt_tokens, max_tokens, clampable, prices.input / 1_000_000, prices.completion_max / 1_000_000)
-        pending = asyncio.ensure_future(self._run(self.store.reserve, info, self.ingress_id, tenant.limits, ask))
+        pending = self._reservations(info.tenant).submit((info, tenant.limits, ask))
         try:
             decision = await asyncio.shield(pending)
         except asyncio.CancelledError:  # the client left while the transaction ran: undo a grant
@@ -137,7 +154,7 @@ class TenancyGate:
 
     async def _settle_once(self, info: RequestInfo, outcome: Outcome, attempt: int) -> bool:
         try:
-            await self._run(self.store.settle, info, outcome)
+            await self._settlements(info.tenant).submit((info, outcome, utcnow()))
         except Exception as exc:  # noqa: BLE001 - retried; settle is idempotent
             logger.warning("settling %s failed (attempt %d): %s", info.request_id, attempt + 1, type(exc).__name__)
             return False

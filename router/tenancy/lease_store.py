@@ -18,11 +18,9 @@ come free; rows dead for over a minute (the window) are deleted by the tenant's 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from decimal import Decimal
 
 from sqlalchemy import (BigInteger, Column, Index, Integer, String, Table, and_, bindparam, case, delete, func, select,
                         type_coerce, update)
@@ -31,8 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from router.tenancy.directory import TENANT_NAME_CHARS
 from router.tenancy.leases import Lease, Others, Policy, Report, SyncGrant, Ticket, Units, grant
 from router.tenancy.quota import WINDOW_S, Ask, Limits, Refusal, Spend, day_key, month_key
-from router.tenancy.store import (REFUSED, Money, Outcome, QuotaStore, RequestInfo, UTCDateTime, ledger, metadata,
-                                  utcnow)
+from router.tenancy.store import (REFUSED, Money, Outcome, QuotaStore, RequestInfo, UTCDateTime, metadata, utcnow)
 
 leases = Table(
     "quota_leases", metadata,
@@ -97,9 +94,6 @@ class _LeaseStatements:
                        .values(recall=1))
         self.drop = delete(leases).where(c.lease_id == lease_id)
         self.gc = delete(leases).where(c.tenant == tenant, c.expires_at < bindparam("dead_since", type_=UTCDateTime))
-        g = ledger.c
-        self.rows = (insert(ledger).on_conflict_do_nothing(index_elements=[g.request_id])
-                     .returning(g.request_id, sort_by_parameter_order=True))
 
 
 class LeaseStore(QuotaStore):
@@ -153,23 +147,8 @@ class LeaseStore(QuotaStore):
     def _settle(self, conn, tenant: str, settlements: Sequence[Settlement]) -> None:
         """Ledger rows in one statement; the counters of the rows that were new (a replayed sync
         adds nothing), per UTC day and month of each request's start."""
-        if not settlements:
-            return
-        values = [self._row_values(s.info, s.outcome, s.finished_at) for s in settlements]
-        written = {rid for (rid,) in conn.execute(self._lsql.rows, values)}
-        periods: dict[str, list] = defaultdict(lambda: [0, 0, Decimal(0)])
-        for s in settlements:
-            if s.info.request_id not in written:
-                continue
-            started = s.info.started_at or s.finished_at
-            for period in (day_key(started), month_key(started)):
-                sums = periods[period]
-                sums[0] += 1
-                sums[1] += s.outcome.prompt_tokens + s.outcome.completion_tokens
-                sums[2] += s.outcome.cost_usd
-        if periods:
-            conn.execute(self._sql.count, [{"tenant": tenant, "period": k, "requests": v[0], "tokens": v[1],
-                                            "cost_usd": v[2]} for k, v in sorted(periods.items())])
+        if settlements:
+            self._settle_rows(conn, tenant, [(s.info, s.outcome, s.finished_at) for s in settlements], release=False)
 
     # ---- reading (tests, operators) -------------------------------------------------------
     def lease_rows(self, tenant: str | None = None) -> list[dict]:

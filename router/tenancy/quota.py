@@ -15,7 +15,7 @@ refused, as a context overflow under the `strict` policy would be.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -183,6 +183,19 @@ def _wait_until_fits(recent: list[tuple[float, int]], used: int, need: int, limi
 
 def _retry(seconds: float | None, fallback: float = WINDOW_S) -> int:
     return max(1, math.ceil(fallback if seconds is None else seconds))
+
+
+def after_grant(state: TenantState, grant: Grant) -> TenantState:
+    """The tenant's state once `grant` is reserved at `state.now`: what a store would read back,
+    so that several requests are decided in order on one read (a group commit)."""
+    summary = state.window_summary
+    if summary is not None:
+        summary = WindowSummary(summary.requests + 1, summary.tokens + grant.tokens, summary.oldest or state.now,
+                                state.now)
+    spend = Spend(grant.tokens, grant.usd)
+    return replace(state, in_flight=state.in_flight + 1, day=state.day + spend, month=state.month + spend,
+                   window=state.window if summary is not None else state.window + ((state.now, grant.tokens),),
+                   window_summary=summary)
 
 
 def decide(limits: Limits, state: TenantState, ask: Ask) -> Grant | Refusal:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -30,8 +30,8 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from router.tenancy.directory import TENANT_NAME_CHARS
 from router.tenancy.pricing import from_pico, to_pico
-from router.tenancy.quota import (WINDOW_S, Ask, Grant, Limits, Refusal, Spend, TenantState, WindowSummary, day_key,
-                                  decide, month_key, needs_window)
+from router.tenancy.quota import (WINDOW_S, Ask, Grant, Limits, Refusal, Spend, TenantState, WindowSummary,
+                                  after_grant, day_key, decide, month_key, needs_window)
 
 COMPLETED, CANCELLED, FAILED, REFUSED, EXPIRED = "completed", "cancelled", "failed", "refused", "expired"
 CLIENT_ID_CHARS = 256
@@ -232,7 +232,11 @@ class _Statements:
             index_elements=[c.tenant, c.period],
             set_={"requests": c.requests + upsert.excluded.requests, "tokens": c.tokens + upsert.excluded.tokens,
                   "cost_usd": c.cost_usd + upsert.excluded.cost_usd})
-        self.release = delete(reservations).where(r.request_id == bindparam("rid")).returning(r.reserved_at)
+        self.release = (delete(reservations).where(r.request_id.in_(bindparam("ids", expanding=True)))
+                        .returning(r.request_id, r.reserved_at))
+        # Many rows in one statement; RETURNING says which were new (a replayed one is not).
+        self.write_rows = (insert(ledger).on_conflict_do_nothing(index_elements=[g.request_id])
+                           .returning(g.request_id, sort_by_parameter_order=True))
         self.expire = (delete(reservations).where(r.tenant == tenant, r.expires_at < bindparam("now"))
                        .returning(*reservations.c))
         # A tenant's whole state in one statement: in-flight worst cases by period, settled
@@ -304,21 +308,48 @@ class QuotaStore:
 
     # ---- admission ------------------------------------------------------------------------
     def reserve(self, info: RequestInfo, ingress_id: str, limits: Limits, ask: Ask) -> Grant | Refusal:
-        with self._tenant_tx(info.tenant) as conn:
-            now = info.started_at or utcnow()  # read under the lock: a wait for it is not back-dated
-            state = self._state(conn, info.tenant, now, limits)
-            decision = decide(limits, state, ask)
-            if needs_window(decision, state):  # an exact Retry-After needs the single admissions
-                decision = decide(limits, replace(state, window_summary=None, window=self._window(conn, info.tenant, now)), ask)
-            if isinstance(decision, Grant):
-                conn.execute(self._sql.reserve, {
-                    "request_id": info.request_id, "tenant": info.tenant, "ingress_id": ingress_id,
-                    "client_request_id": info.client_request_id, "route": info.route, "model": info.model,
-                    "pool": info.pool, "prompt_tokens": ask.prompt_tokens, "tokens": decision.tokens,
-                    "cost_usd": decision.usd, "reserved_at": now, "expires_at": now + self.ttl})
-            else:
-                self._write_row(conn, info, Outcome(REFUSED, error=f"{decision.limit}: {decision.message}"[:512]), now)
-            return decision
+        return self.reserve_many(ingress_id, [(info, limits, ask)])[0]
+
+    def reserve_many(self, ingress_id: str, batch: Sequence[tuple[RequestInfo, Limits, Ask]]) -> list[Grant | Refusal]:
+        """Reserve requests of ONE tenant in one transaction (a group commit), decided in order:
+        each sees the ones granted before it, exactly as if each had its own transaction. The
+        state is read once and carried forward in memory (quota.after_grant) while the time and
+        the limits stay the same; otherwise it is read again after writing what came before."""
+        tenant = batch[0][0].tenant
+        assert all(info.tenant == tenant for info, _, _ in batch), "one tenant per batch"
+        out: list[Grant | Refusal] = []
+        with self._tenant_tx(tenant) as conn:
+            now = utcnow()  # read under the lock: a wait for it is not back-dated
+            pending: list[dict] = []  # reservations decided, not yet written
+            state: TenantState | None = None
+            read_for: tuple | None = None
+
+            def flush() -> None:
+                if pending:
+                    conn.execute(self._sql.reserve, pending)
+                    pending.clear()
+
+            for info, limits, ask in batch:
+                at = info.started_at or now
+                if state is None or read_for != (at, limits):
+                    flush()
+                    state, read_for = self._state(conn, tenant, at, limits), (at, limits)
+                decision = decide(limits, state, ask)
+                if needs_window(decision, state):  # an exact Retry-After needs the single admissions
+                    flush()
+                    decision = decide(limits, replace(state, window_summary=None, window=self._window(conn, tenant, at)), ask)
+                if isinstance(decision, Grant):
+                    pending.append({
+                        "request_id": info.request_id, "tenant": tenant, "ingress_id": ingress_id,
+                        "client_request_id": info.client_request_id, "route": info.route, "model": info.model,
+                        "pool": info.pool, "prompt_tokens": ask.prompt_tokens, "tokens": decision.tokens,
+                        "cost_usd": decision.usd, "reserved_at": at, "expires_at": at + self.ttl})
+                    state = after_grant(state, decision)
+                else:
+                    self._write_row(conn, info, Outcome(REFUSED, error=f"{decision.limit}: {decision.message}"[:512]), at)
+                out.append(decision)
+            flush()
+        return out
 
     def _state(self, conn: Connection, tenant: str, now: datetime, limits: Limits) -> TenantState:
         """The tenant's usage at `now`, summed in SQL: only minute limits need the window."""
@@ -348,23 +379,52 @@ class QuotaStore:
     def settle(self, info: RequestInfo, outcome: Outcome, finished_at: datetime | None = None) -> bool:
         """Replace the reservation by the real usage: ledger row + counters, one transaction.
         Idempotent: a second settlement of the same request changes nothing (returns False)."""
-        finished_at = finished_at or utcnow()
-        with self._tenant_tx(info.tenant) as conn:
-            held = conn.execute(self._sql.release, {"rid": info.request_id}).first()
-            started = held.reserved_at if held else (info.started_at or finished_at)
-            info = replace(info, started_at=started)
-            if not self._write_row(conn, info, outcome, finished_at):
-                # Only an `expired` row (its ingress stalled past the expiry) gives way to the truth.
-                values = self._row_values(info, outcome, finished_at)
-                replaced = conn.execute(self._sql.replace_expired, {"rid": info.request_id, **{
-                    k: values[k] for k in _ROW_COLUMNS}}).rowcount
-                if not replaced:
-                    return False
-            tokens = outcome.prompt_tokens + outcome.completion_tokens
-            conn.execute(self._sql.count, [  # its UTC day and month
-                {"tenant": info.tenant, "period": period, "requests": 1, "tokens": tokens, "cost_usd": outcome.cost_usd}
-                for period in (day_key(started), month_key(started))])
-            return True
+        return self.settle_many([(info, outcome, finished_at or utcnow())])[0]
+
+    def settle_many(self, batch: Sequence[tuple[RequestInfo, Outcome, datetime]]) -> list[bool]:
+        """settle() for requests of ONE tenant in one transaction (a group commit): reservations
+        released, rows written in one statement, counters summed per UTC day and month. Returns,
+        per request, whether its row was new (or replaced an unbilled `expired` one)."""
+        tenant = batch[0][0].tenant
+        assert all(info.tenant == tenant for info, _, _ in batch), "one tenant per batch"
+        first = {}  # a request settled twice in one batch: the first settlement stands
+        for i, (info, _, _) in enumerate(batch):
+            first.setdefault(info.request_id, i)
+        unique = [batch[i] for i in sorted(first.values())]
+        with self._tenant_tx(tenant) as conn:
+            counted = dict(zip(sorted(first.values()), self._settle_rows(conn, tenant, unique, release=True)))
+        return [counted.get(i, False) for i in range(len(batch))]
+
+    def _settle_rows(self, conn: Connection, tenant: str, batch: Sequence[tuple[RequestInfo, Outcome, datetime]],
+                     *, release: bool) -> list[bool]:
+        held = {}
+        if release:
+            ids = [info.request_id for info, _, _ in batch]
+            held = dict(conn.execute(self._sql.release, {"ids": ids}).all())
+        settled = [(replace(info, started_at=held.get(info.request_id) or info.started_at or finished_at), outcome,
+                    finished_at) for info, outcome, finished_at in batch]
+        values = [self._row_values(info, outcome, finished_at) for info, outcome, finished_at in settled]
+        written = {rid for (rid,) in conn.execute(self._sql.write_rows, values)}
+        counted = []
+        for (info, _, _), row in zip(settled, values):
+            new = info.request_id in written
+            if not new:
+                # Only an unbilled `expired` row (its ingress stalled past the expiry) gives way to the truth.
+                new = conn.execute(self._sql.replace_expired, {
+                    "rid": info.request_id, **{k: row[k] for k in _ROW_COLUMNS}}).rowcount == 1
+            counted.append(new)
+        periods: dict[tuple[str, str], list] = {}
+        for (info, outcome, _), new in zip(settled, counted):
+            if new:
+                for period in (day_key(info.started_at), month_key(info.started_at)):
+                    sums = periods.setdefault((tenant, period), [0, 0, Decimal(0)])
+                    sums[0] += 1
+                    sums[1] += outcome.prompt_tokens + outcome.completion_tokens
+                    sums[2] += outcome.cost_usd
+        if periods:
+            conn.execute(self._sql.count, [{"tenant": t, "period": p, "requests": v[0], "tokens": v[1], "cost_usd": v[2]}
+                                           for (t, p), v in sorted(periods.items())])
+        return counted
 
     @staticmethod
     def _row_values(info: RequestInfo, outcome: Outcome, finished_at: datetime) -> dict:

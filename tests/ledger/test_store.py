@@ -258,6 +258,60 @@ def test_requests_per_minute_is_a_sliding_window_over_admissions(store):
     assert isinstance(fourth, Grant) and fourth.max_tokens == 1000 - 110 - 100
 
 
+# ---- group commits ----------------------------------------------------------------------------
+
+def decisions_summary(decisions) -> list:
+    return [(type(d).__name__, d.max_tokens, d.tokens, d.usd, d.clamped_from, d.headers) if isinstance(d, Grant)
+            else (type(d).__name__, d.code, d.limit, d.message, d.retry_after_s) for d in decisions]
+
+
+@pytest.mark.parametrize("limits", [
+    Limits(max_concurrent_requests=3),
+    Limits(tokens_per_day=1_000),
+    Limits(usd_per_day=Decimal("0.0005")),
+    Limits(requests_per_minute=4, tokens_per_minute=900),
+], ids=["concurrency", "tokens-per-day", "usd-per-day", "minute-windows"])
+def test_a_batch_of_reservations_decides_exactly_as_one_transaction_each(make_store, db_url, limits):
+    """reserve_many carries the tenant's state forward in memory: the decisions, headers,
+    reservations and refused rows must be those of reserving one by one."""
+    asks = [ask(100, 200), ask(150, 400, True), ask(50, 100), ask(300, 100), ask(100, 600, True), ask(10, 10)]
+    one_by_one, batched = make_store(), None
+    earlier = info("req-earlier", T0 - timedelta(seconds=30))  # an admission already in the window
+    assert isinstance(one_by_one.reserve(earlier, "ingress-a", limits, ask(10, 10)), Grant)
+    expected = [one_by_one.reserve(info(f"req-{i}"), "ingress-a", limits, a) for i, a in enumerate(asks)]
+    with one_by_one.engine.connect() as conn:
+        held_expected = sorted((r.request_id, r.tokens, r.cost_usd) for r in conn.execute(select(reservations)))
+    rows_expected = sorted((r["request_id"], r["status"], r["error"]) for r in one_by_one.rows())
+    # The same again, on the emptied database, in one transaction.
+    with one_by_one.engine.begin() as conn:
+        for table in reversed(reservations.metadata.sorted_tables):
+            conn.execute(table.delete())
+    batched = make_store()
+    assert isinstance(batched.reserve(earlier, "ingress-a", limits, ask(10, 10)), Grant)
+    got = batched.reserve_many("ingress-a", [(info(f"req-{i}"), limits, a) for i, a in enumerate(asks)])
+    assert decisions_summary(got) == decisions_summary(expected)
+    assert {type(d) for d in got} == {Grant, Refusal}  # the batch crosses the limit
+    with batched.engine.connect() as conn:
+        assert sorted((r.request_id, r.tokens, r.cost_usd) for r in conn.execute(select(reservations))) == held_expected
+    assert sorted((r["request_id"], r["status"], r["error"]) for r in batched.rows()) == rows_expected
+
+
+def test_a_batch_of_settlements_writes_each_row_once_and_sums_the_counters(store):
+    for rid in ("req-1", "req-2", "req-3"):
+        assert isinstance(store.reserve(info(rid), "ingress-a", Limits(), ask(100, 400)), Grant)
+    assert store.settle(info("req-3"), done(100, 1, Decimal("0.5")), finished_at=T0 + timedelta(seconds=1))
+    finished = T0 + timedelta(seconds=2)
+    got = store.settle_many([(info("req-1"), done(100, 10, Decimal("0.001")), finished),
+                             (info("req-2"), done(100, 20, Decimal("0.002"), status=CANCELLED), finished),
+                             (info("req-1"), done(999, 999, Decimal(9)), finished),  # twice in one batch
+                             (info("req-3"), done(999, 999, Decimal(9)), finished)])  # settled before
+    assert got == [True, True, False, False]
+    assert store.in_flight(TENANT) == 0
+    assert {r["request_id"]: (r["status"], r["completion_tokens"]) for r in store.rows()} == {
+        "req-1": (COMPLETED, 10), "req-2": (CANCELLED, 20), "req-3": (COMPLETED, 1)}
+    assert store.spent(TENANT, day_key(T0)) == Spend(331, Decimal("0.503")) == store.spent(TENANT, month_key(T0))
+
+
 # ---- expiry -----------------------------------------------------------------------------------
 
 def test_renewing_named_requests_lets_the_ingress_s_orphans_expire(make_store):

@@ -60,7 +60,7 @@ async def test_a_settlement_the_ledger_refuses_is_retried_and_its_reservation_ke
     tenant = gate.authenticate("sk-acme")
     meter = await gate.reserve(tenant, info("r1"), prompt_tokens=10, max_tokens=5, clampable=False)
     meter.observe(end_event(finish_reason="stop", prompt_tokens=10, completion_tokens=3, reasoning_tokens=0))
-    real_settle, failures = gate.store.settle, []
+    real_settle, failures = gate.store.settle_many, []
 
     def flaky(*args):
         if len(failures) < gate_module._SETTLE_ATTEMPTS:
@@ -68,7 +68,7 @@ async def test_a_settlement_the_ledger_refuses_is_retried_and_its_reservation_ke
             raise ConnectionError("ledger down")
         return real_settle(*args)
 
-    monkeypatch.setattr(gate.store, "settle", flaky)
+    monkeypatch.setattr(gate.store, "settle_many", flaky)
     assert await gate.settle(meter, Ending.COMPLETED) is None  # every attempt failed: no cost to report yet
     assert "r1" in gate._live and "r1" in gate._unsettled  # kept alive, queued for retry
     assert gate.store.in_flight("acme") == 1
