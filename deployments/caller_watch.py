@@ -9,7 +9,8 @@ name, carried by the request), the requests in progress and those that ended in 
 `keep_ended_s`; the replica probes each such caller every few seconds, and when one is dead:
 - its requests in progress are cancelled (the GPU stops generating for nobody), and
 - every request of it that ends (or ended in the last `keep_ended_s`) becomes an *orphan*: its
-  usage, published with the replica's routing stats for `keep_orphans_s`, so that a live
+  usage, published with the replica's routing stats for `keep_orphans_s` (5 min: longer than
+  a reservation's expiry plus the keeper's round, whatever `reservation_ttl_s` up to ~3 min), so that a live
   ingress bills it onto the dead request's `expired` ledger row (router/tenancy/store.py:
   QuotaStore.bill_orphans; the row's guard makes a report for a request its ingress did settle
   harmless).
@@ -41,7 +42,7 @@ class _Running:
 
 
 class CallerWatch:
-    def __init__(self, keep_ended_s: float = 10.0, keep_orphans_s: float = 60.0, max_orphans: int = 2000):
+    def __init__(self, keep_ended_s: float = 10.0, keep_orphans_s: float = 300.0, max_orphans: int = 2000):
         self.keep_ended_s, self.keep_orphans_s, self.max_orphans = keep_ended_s, keep_orphans_s, max_orphans
         self._running: dict[object, _Running] = {}
         self._ended: list[tuple[str, Usage]] = []  # (caller, usage), oldest first
@@ -49,9 +50,12 @@ class CallerWatch:
         self._orphans: list[Usage] = []  # oldest first
 
     def begin(self, key: object, caller: str, cancel: Callable[[], None]) -> None:
-        """A request from `caller` started (an empty caller is not watched)."""
+        """A request from `caller` started (an empty caller is not watched). One whose caller is
+        already known dead (it waited in the engine's queue) is cancelled at once."""
         if caller:
             self._running[key] = _Running(caller, cancel)
+            if caller in self._dead:
+                cancel()
 
     def end(self, key: object, usage: Usage) -> None:
         running = self._running.pop(key, None)

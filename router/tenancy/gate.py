@@ -63,6 +63,10 @@ class TenancyGate:
         # Group commits per tenant: its reservations in one queue, its settlements in another.
         self._reserving: dict[str, GroupCommit] = {}
         self._settling: dict[str, GroupCommit] = {}
+        try:  # built on the serving loop (Serve's replica constructor): keep from the start, so
+            self._ensure_keeper()  # an idle ingress still expires and bills a dead one's requests
+        except RuntimeError:  # no loop yet (tests, tools): started by the first reservation
+            pass
         self._orphans_done: set[str] = set()  # reported orphans already billed (or settled otherwise)
 
     def _checked_prices(self, data: dict) -> PriceTable:
@@ -95,6 +99,10 @@ class TenancyGate:
         return group
 
     def authenticate(self, key: str | None) -> Tenant | None:
+        try:
+            self._ensure_keeper()  # once per process in effect: a no-op while it runs
+        except RuntimeError:  # called off the event loop (tools)
+            pass
         return self.tenants.get().authenticate(key)
 
     # ---- reservation ----------------------------------------------------------------------
@@ -200,7 +208,15 @@ class TenancyGate:
     async def bill_orphans(self) -> int:
         """Bill the expired rows of requests whose ingress died with what their replicas report
         they generated. A report stays published for minutes: each is billed once, then skipped."""
-        reports = [orphan_usage(d) for d in self._orphans()]
+        reports = []
+        for published in self._orphans():
+            try:
+                report = orphan_usage(published)
+            except (KeyError, TypeError, ValueError):  # a malformed entry: skip it, bill the rest
+                logger.warning("ignoring a malformed orphan report: %r", published)
+                continue
+            if report.replica:  # the row's guard is "no replica named yet": a report must name one
+                reports.append(report)
         reported = {r.request_id for r in reports}
         pending = [r for r in reports if r.request_id not in self._orphans_done]
         billed, done = await self._run(self.store.bill_orphans, pending, self._orphan_cost) if pending else (0, set())

@@ -34,16 +34,25 @@ class GroupCommit:
         return future
 
     async def _drain(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
-            self.transactions += 1
-            try:
-                results = await self._run(self._write_many, [item for item, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - each caller decides (retry, or fail closed)
-                for _, future in batch:
+        batch: list[tuple[Any, asyncio.Future]] = []
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+                self.transactions += 1
+                try:
+                    results = await self._run(self._write_many, [item for item, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - each caller decides (retry, or fail closed)
+                    _fail(batch, exc)
+                    continue
+                for (_, future), result in zip(batch, results):
                     if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results):
-                if not future.done():
-                    future.set_result(result)
+                        future.set_result(result)
+        finally:  # the writer was cancelled (shutdown): nobody may wait forever
+            _fail(batch + self._queue, ConnectionError("the ledger writer stopped"))
+            self._queue = []
+
+
+def _fail(batch: list[tuple[Any, asyncio.Future]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)

@@ -15,6 +15,7 @@ tokens and dollars per tenant per UTC day and month).
 
 from __future__ import annotations
 
+import logging
 import os
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -32,6 +33,8 @@ from router.tenancy.directory import TENANT_NAME_CHARS
 from router.tenancy.pricing import from_pico, to_pico
 from router.tenancy.quota import (WINDOW_S, Ask, Grant, Limits, Refusal, Spend, TenantState, WindowSummary,
                                   after_grant, day_key, decide, month_key, needs_window)
+
+log = logging.getLogger("ray.serve")
 
 COMPLETED, CANCELLED, FAILED, REFUSED, EXPIRED = "completed", "cancelled", "failed", "refused", "expired"
 CLIENT_ID_CHARS = 256
@@ -225,7 +228,10 @@ class _Statements:
         # once: from its own ingress (it stalled past the expiry) or from its replica (the ingress
         # died: bill_orphans). Either names the replica, so the row cannot be billed twice.
         unbilled = (g.request_id == bindparam("rid"), g.status == EXPIRED, g.replica.is_(None))
-        self.replace_expired = update(ledger).where(*unbilled).values({col: bindparam(col) for col in _ROW_COLUMNS})
+        # The row keeps its started_at (its reservation's time: the day and month it counts in).
+        self.replace_expired = (update(ledger).where(*unbilled)
+                                .values({col: bindparam(col) for col in _ROW_COLUMNS if col != "started_at"})
+                                .returning(g.started_at))
         self.bill_orphan = update(ledger).where(*unbilled).values({col: bindparam(col) for col in _ORPHAN_COLUMNS})
         upsert = insert(counters)
         self.count = upsert.on_conflict_do_update(
@@ -406,12 +412,15 @@ class QuotaStore:
         values = [self._row_values(info, outcome, finished_at) for info, outcome, finished_at in settled]
         written = {rid for (rid,) in conn.execute(self._sql.write_rows, values)}
         counted = []
-        for (info, _, _), row in zip(settled, values):
+        for i, ((info, outcome, finished_at), row) in enumerate(zip(settled, values)):
             new = info.request_id in written
             if not new:
                 # Only an unbilled `expired` row (its ingress stalled past the expiry) gives way to the truth.
-                new = conn.execute(self._sql.replace_expired, {
-                    "rid": info.request_id, **{k: row[k] for k in _ROW_COLUMNS}}).rowcount == 1
+                kept = conn.execute(self._sql.replace_expired, {
+                    "rid": info.request_id, **{k: row[k] for k in _ROW_COLUMNS if k != "started_at"}}).first()
+                new = kept is not None
+                if new:
+                    settled[i] = (replace(info, started_at=kept.started_at), outcome, finished_at)
             counted.append(new)
         periods: dict[tuple[str, str], list] = {}
         for (info, outcome, _), new in zip(settled, counted):
@@ -483,7 +492,11 @@ class QuotaStore:
             if row.status != EXPIRED or row.replica is not None:
                 continue
             report = by_id[row.request_id]
-            usd = cost(row.tenant, report)
+            try:
+                usd = cost(row.tenant, report)
+            except (KeyError, ValueError) as exc:  # e.g. a pool no longer priced: bill the others
+                log.warning("cannot price the orphan report of %s: %s", row.request_id, exc)
+                continue
             with self._tenant_tx(row.tenant) as conn:
                 done = conn.execute(self._sql.bill_orphan, {
                     "rid": row.request_id, "prompt_tokens": report.prompt_tokens,

@@ -296,6 +296,26 @@ def test_a_batch_of_reservations_decides_exactly_as_one_transaction_each(make_st
     assert sorted((r["request_id"], r["status"], r["error"]) for r in batched.rows()) == rows_expected
 
 
+def test_a_batch_mixing_times_and_limits_is_decided_as_one_transaction_each(make_store):
+    """Where the time or the limits change inside a batch, the state is read again after writing
+    the grants before it: the same decisions as reserving one by one."""
+    tight, loose = Limits(max_concurrent_requests=2, tokens_per_day=2_000), Limits(max_concurrent_requests=3)
+    batch = [(info("req-0"), tight, ask(100, 300)),
+             (info("req-1", T0 + timedelta(seconds=1)), tight, ask(100, 300)),
+             (info("req-2", T0 + timedelta(seconds=1)), tight, ask(100, 300)),  # 2 in flight: refused
+             (info("req-3", T0 + timedelta(seconds=2)), loose, ask(100, 300)),  # a looser file was reloaded
+             (info("req-4", T0 + timedelta(seconds=2)), loose, ask(100, 300)),
+             (info("req-5", T0 + timedelta(seconds=3)), tight, ask(100, 1_500, True))]  # 3 in flight
+    one_by_one = make_store()
+    expected = [one_by_one.reserve(i, "ingress-a", limits, a) for i, limits, a in batch]
+    with one_by_one.engine.begin() as conn:
+        for table in reversed(reservations.metadata.sorted_tables):
+            conn.execute(table.delete())
+    got = make_store().reserve_many("ingress-a", batch)
+    assert decisions_summary(got) == decisions_summary(expected)
+    assert [type(d).__name__ for d in got] == ["Grant", "Grant", "Refusal", "Grant", "Refusal", "Refusal"]
+
+
 def test_a_batch_of_settlements_writes_each_row_once_and_sums_the_counters(store):
     for rid in ("req-1", "req-2", "req-3"):
         assert isinstance(store.reserve(info(rid), "ingress-a", Limits(), ask(100, 400)), Grant)
@@ -399,6 +419,19 @@ def test_a_dead_ingress_s_expired_rows_are_billed_once_what_their_replica_genera
     assert row(store, "req-early")["completion_tokens"] == 0
     assert store.bill_orphans([orphan("req-early", completion=3)], cost) == (1, {"req-early"})
     assert row(store, "req-early")["completion_tokens"] == 3
+
+
+def test_a_late_settlement_counts_on_the_day_its_request_started(make_store):
+    """The ingress does not know its request's start (the reservation's time is the truth): a
+    settlement after the expiry, days later, counts on the expired row's day and keeps it."""
+    store = make_store(reservation_ttl_s=5)
+    assert isinstance(store.reserve(info("req-1"), "ingress-a", Limits(), ask(100, 400)), Grant)
+    assert store.expire(now=T0 + timedelta(seconds=6)) == 1
+    late = RequestInfo("req-1", TENANT, client_request_id="client-req-1", pool="short")  # started_at unknown
+    assert store.settle(late, done(100, 50, Decimal("0.001")), finished_at=T0 + timedelta(days=2)) is True
+    assert row(store, "req-1")["started_at"] == T0
+    assert store.spent(TENANT, day_key(T0)) == Spend(150, Decimal("0.001"))
+    assert store.spent(TENANT, day_key(T0 + timedelta(days=2))) == Spend()
 
 
 def test_an_orphan_report_never_touches_a_row_its_ingress_settled(store):

@@ -64,3 +64,14 @@ def test_unwatched_requests_are_ignored():
     watch.end(1, usage("k1", 1.0))
     watch.end(99, usage("never-begun", 1.0))
     assert watch.callers(1.0) == set() and watch.orphans(1.0) == []
+
+
+def test_a_request_that_starts_after_its_caller_was_found_dead_is_cancelled_at_once():
+    """It waited in the engine's queue while its ingress died."""
+    watch, cancelled = CallerWatch(), []
+    watch.begin(1, "ingress-a", lambda: cancelled.append(1))
+    watch.caller_dead("ingress-a", 100.0)
+    watch.begin(2, "ingress-a", lambda: cancelled.append(2))
+    assert cancelled == [1, 2]
+    watch.end(2, usage("late", 100.2, completion=0, finished=False))
+    assert [o["request_key"] for o in watch.orphans(100.5)] == ["late"]

@@ -51,3 +51,16 @@ async def test_a_failed_transaction_fails_each_of_its_operations_and_not_the_nex
         await third
     assert await group.submit(4) == 40
     assert db.batches == [[1], [2, 3], [4]]
+
+
+async def test_a_writer_cancelled_mid_transaction_leaves_nobody_waiting():
+    db = SlowDatabase()
+    group = GroupCommit(db.run, db.write_many)
+    first = group.submit(1)
+    await asyncio.sleep(0)
+    second = group.submit(2)  # queued behind the transaction under way
+    group._writer.cancel()  # the ingress shuts down
+    for waiter in (first, second):
+        with pytest.raises(ConnectionError):
+            await waiter
+    assert await group.submit(3) == 30  # a new writer serves what comes next
