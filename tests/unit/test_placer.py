@@ -103,6 +103,7 @@ def test_admission_takes_the_placement_else_the_length_rule():
     assert (by_rule.pool, by_rule.choice.kind) == ("short", "preferred")
     uncounted = admit(upper_bound=4_000, place=place, **{**common, "count_exact": lambda: 1 / 0})
     assert seen[-1] == 1_000  # the byte bound's estimate: the prompt was never counted
+    assert uncounted.prompt_tokens is None
 
 
 def test_the_pool_router_ranks_the_predicted_replicas_first_then_by_load():

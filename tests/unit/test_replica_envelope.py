@@ -35,8 +35,9 @@ class FakeReplica:
     """A replica's own part: admit, produce events, count generated tokens."""
 
     def __init__(self, events: list[dict], *, fail_after: int | None = None, counts: bool = True,
-                 refusal: dict | None = None):
+                 refusal: dict | None = None, delay_s: float = 0.0):
         self.events = events
+        self.delay_s = delay_s  # between events, as an engine's steps
         self.fail_after = fail_after  # raise after yielding this many events
         self.counts = counts
         self.refusal = refusal
@@ -60,7 +61,7 @@ class FakeReplica:
                 if event["event"] == "delta":
                     self.generated = event["completion_tokens"]
                 yield event
-                await asyncio.sleep(0)
+                await asyncio.sleep(self.delay_s)
         finally:
             self.closed = True
 
@@ -264,28 +265,15 @@ def slow_stream(n: int) -> list[dict]:
         end_event(finish_reason="stop", prompt_tokens=12, completion_tokens=n, reasoning_tokens=0)]
 
 
-class SlowReplica(FakeReplica):
-    async def produce(self):
-        self.started = True
-        try:
-            for event in self.events:
-                if event["event"] == "delta":
-                    self.generated = event["completion_tokens"]
-                yield event
-                await asyncio.sleep(0.01)
-        finally:
-            self.closed = True
-
-
 async def test_a_request_whose_caller_died_is_stopped_and_its_usage_published(exporter, metrics):
     provider = TracerProvider(sampler=ALWAYS_ON)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     callers = Callers()
     envelope = ReplicaEnvelope(IDENTITY, provider.get_tracer("test"), metrics, callers, probe_s=0.05)
-    orphan, kept = SlowReplica(slow_stream(1000)), SlowReplica(slow_stream(1000))
+    orphan, kept = FakeReplica(slow_stream(1000), delay_s=0.01), FakeReplica(slow_stream(1000), delay_s=0.01)
     seen: dict[str, list[dict]] = {"dead": [], "live": []}
 
-    async def consume(who: str, replica: SlowReplica, key: str) -> None:
+    async def consume(who: str, replica: FakeReplica, key: str) -> None:
         # Nobody reads a dead ingress's stream in Ray either: the replica runs on until told.
         async for event in envelope.generate(request(caller=f"ingress-{who}", request_key=key), replica.admit):
             seen[who].append(event)
