@@ -14,10 +14,10 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from router.tenancy.quota import OUT_OF_BUDGET, RATE_LIMITED, Ask, Grant, Limits, Refusal, Spend, day_key, month_key
-from router.tenancy.store import (CANCELLED, COMPLETED, EXPIRED, REFUSED, OrphanUsage, Outcome, QuotaStore,
+from router.tenancy.store import (CANCELLED, COMPLETED, EXPIRED, REFUSED, OrphanUsage, Outcome, QuotaStore, utcnow,
                                   RequestInfo, reservations)
 
 # Dollars per token: $0.15 and $0.60 per million tokens (at most 12 decimals: whole picodollars).
@@ -575,3 +575,76 @@ def test_totals_and_rows_filter_by_tenant_time_and_pool(store):
     by_id = {r["request_id"]: r for r in store.rows()}
     assert {i: by_id[i]["cost_usd"] for i in by_id} == {w[0]: w[6] for w in written} | {"a4": Decimal(0)}
     assert by_id["g1"]["started_at"] == T0 + timedelta(minutes=30)
+
+
+# ---- minute windows from buckets ----------------------------------------------------------------
+
+def exact_summary(store: QuotaStore, now: datetime) -> tuple:
+    """The window as the definition says: every reservation and non-refused row after now - 60 s."""
+    with store.engine.connect() as conn:
+        entries = store._window(conn, TENANT, now)
+    ats = [at for at, _ in entries]
+    return len(entries), sum(t for _, t in entries), min(ats, default=None), max(ats, default=None)
+
+
+def bucket_summary(store: QuotaStore, now: datetime) -> tuple:
+    with store.engine.connect() as conn:
+        s = store._state(conn, TENANT, now, Limits(requests_per_minute=10**9)).window_summary
+    return s.requests, s.tokens, s.oldest, s.newest
+
+
+def test_the_window_read_from_buckets_is_the_exact_window_through_every_kind_of_change(make_store):
+    """Reservations, settlements (normal, twice, late over an expired row), expiries, refusals and
+    orphan billing, at admission times on and just before whole seconds: the bucket-based summary
+    must equal the one summed over every entry, at every `now` (window edges inside seconds too)."""
+    import random
+
+    rng = random.Random(7)
+    store = make_store(reservation_ttl_s=20)
+    limits = Limits(max_concurrent_requests=6)
+    held: list[RequestInfo] = []
+    expired: list[str] = []
+    offsets = [0, 0.999999, 1.0, 1.5, 2.000001]
+    for step in range(120):
+        at = T0 + timedelta(seconds=step + rng.choice(offsets))
+        kind = rng.random()
+        if kind < 0.55:
+            request = info(f"req-{step}", at)
+            if isinstance(store.reserve(request, "ingress-a", limits, ask(rng.randint(1, 500), rng.randint(1, 900))),
+                          Grant):
+                held.append(request)
+        elif kind < 0.8 and held:
+            request = held.pop(rng.randrange(len(held)))
+            outcome = done(rng.randint(1, 500), rng.randint(0, 900), Decimal("0.001"))
+            store.settle(request, outcome, finished_at=at)
+            if rng.random() < 0.2:
+                store.settle(request, outcome, finished_at=at)  # twice: nothing changes
+        elif kind < 0.9:
+            store.expire(now=at)
+            expired = [r["request_id"] for r in store.rows(limit=10_000) if r["status"] == EXPIRED]
+            held = [h for h in held if h.request_id not in expired]
+        elif expired:
+            rid = rng.choice(expired)
+            if rng.random() < 0.5:
+                store.bill_orphans([orphan(rid, completion=rng.randint(1, 50))], lambda *_: Decimal("0.002"))
+            else:  # a late settlement from a stalled ingress
+                store.settle(RequestInfo(rid, TENANT), done(10, 20, Decimal("0.003")), finished_at=at)
+        for probe in (at, at + timedelta(seconds=rng.choice([0.25, 30, 59.5, 60, 61]))):
+            assert bucket_summary(store, probe) == exact_summary(store, probe), (step, probe)
+    statuses = [(r["status"], r["replica"]) for r in store.rows(limit=10_000)]
+    assert (REFUSED, None) in statuses and (EXPIRED, "replica-9") in statuses and (COMPLETED, "replica-1") in statuses
+    assert any(s == EXPIRED and replica is None for s, replica in statuses)  # expired, never billed
+
+
+def test_a_ledger_from_before_the_buckets_fills_them_once_on_start(make_store):
+    store = make_store()
+    now = utcnow()  # the fill counts the last two minutes of real time
+    for i in range(5):
+        request = info(f"req-{i}", now - timedelta(seconds=10 * i + 0.5))
+        assert isinstance(store.reserve(request, "ingress-a", Limits(), ask(100, 200)), Grant)
+        if i % 2:
+            store.settle(request, done(100, 50, Decimal("0.001")), finished_at=now)
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE quota_window"))  # as a database written by the previous version
+    restarted = make_store()
+    assert bucket_summary(restarted, now) == exact_summary(restarted, now) != (0, 0, None, None)
