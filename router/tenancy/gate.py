@@ -63,11 +63,11 @@ class TenancyGate:
         # Group commits per tenant: its reservations in one queue, its settlements in another.
         self._reserving: dict[str, GroupCommit] = {}
         self._settling: dict[str, GroupCommit] = {}
+        self._orphans_done: set[str] = set()  # reported orphans already billed (or settled otherwise)
         try:  # built on the serving loop (Serve's replica constructor): keep from the start, so
             self._ensure_keeper()  # an idle ingress still expires and bills a dead one's requests
         except RuntimeError:  # no loop yet (tests, tools): started by the first reservation
             pass
-        self._orphans_done: set[str] = set()  # reported orphans already billed (or settled otherwise)
 
     def _checked_prices(self, data: dict) -> PriceTable:
         table = PriceTable.from_dict(data)

@@ -515,18 +515,23 @@ class QuotaStore:
                 window.append((info.started_at, 1, outcome.prompt_tokens + outcome.completion_tokens))
             counted.append(new)
         self._bump(conn, tenant, window)
-        periods: dict[tuple[str, str], list] = {}
-        for (info, outcome, _), new in zip(settled, counted):
-            if new:
-                for period in (day_key(info.started_at), month_key(info.started_at)):
-                    sums = periods.setdefault((tenant, period), [0, 0, Decimal(0)])
-                    sums[0] += 1
-                    sums[1] += outcome.prompt_tokens + outcome.completion_tokens
-                    sums[2] += outcome.cost_usd
-        if periods:
-            conn.execute(self._sql.count, [{"tenant": t, "period": p, "requests": v[0], "tokens": v[1], "cost_usd": v[2]}
-                                           for (t, p), v in sorted(periods.items())])
+        self._count(conn, tenant, [(info.started_at, outcome.prompt_tokens + outcome.completion_tokens, outcome.cost_usd)
+                                   for (info, outcome, _), new in zip(settled, counted) if new])
         return counted
+
+    def _count(self, conn: Connection, tenant: str, billed: Iterable[tuple[datetime, int, Decimal]]) -> None:
+        """Add billed requests (started at, tokens, dollars) to the tenant's counters of the UTC
+        day and month each started in."""
+        periods: dict[str, list] = {}
+        for started, tokens, usd in billed:
+            for period in (day_key(started), month_key(started)):
+                sums = periods.setdefault(period, [0, 0, Decimal(0)])
+                sums[0] += 1
+                sums[1] += tokens
+                sums[2] += usd
+        if periods:
+            conn.execute(self._sql.count, [{"tenant": tenant, "period": p, "requests": v[0], "tokens": v[1],
+                                            "cost_usd": v[2]} for p, v in sorted(periods.items())])
 
     @staticmethod
     def _row_values(info: RequestInfo, outcome: Outcome, finished_at: datetime) -> dict:
@@ -607,9 +612,7 @@ class QuotaStore:
                 if done:
                     tokens = report.prompt_tokens + report.completion_tokens
                     self._bump(conn, row.tenant, [(row.started_at, 0, tokens)])
-                    conn.execute(self._sql.count, [
-                        {"tenant": row.tenant, "period": period, "requests": 1, "tokens": tokens, "cost_usd": usd}
-                        for period in (day_key(row.started_at), month_key(row.started_at))])
+                    self._count(conn, row.tenant, [(row.started_at, tokens, usd)])
                     billed += 1
         return billed, {row.request_id for row in rows}
 
