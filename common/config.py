@@ -213,6 +213,9 @@ class AppConfig(BaseModel):
     ledger_url: str = "sqlite:///.run/ledger.db"  # env LEDGER_URL; or postgresql://user:pw@host/db
     tenants_reload_s: float = Field(2.0, gt=0)  # edits to the tenants / prices files apply within this
     reservation_ttl_s: float = Field(15.0, ge=1)  # a dead ingress's reservations are dropped after ~this
+    # Admit out of per-ingress quota leases in memory (docs/tenancy.md, "Leases"): no database
+    # transaction per admission, limits still exact. false: one reservation row per request.
+    quota_leases: bool = True
     router_replicas: int = Field(1, ge=1)
     # Prompt and completion text in spans (gen_ai.input.messages / gen_ai.output.messages). Off:
     # traces then hold counts and decisions only, never what a tenant wrote.

@@ -68,6 +68,10 @@ class GenerateRequest:
     # The calling ingress replica's Ray actor name: the replica watches it, and bills the usage of
     # a request whose caller died through another ingress (deployments/caller_watch.py).
     caller: str = ""
+    # The ledger row's fields (RequestInfo.as_report) of a request admitted out of a quota lease,
+    # which has no reservation row: a replica whose caller died reports them with the usage, so
+    # the row can be written by another ingress. None for a reserved request.
+    ledger: dict | None = None
 
     @property
     def work_tokens(self) -> int:

@@ -33,6 +33,7 @@ class Usage:
     reasoning_tokens: int
     finished: bool  # the engine finished the answer (else it was cut: cancelled or failed)
     ended_at: float  # epoch seconds
+    ledger: dict | None = None  # the request's ledger fields when it has no reservation row
 
 
 @dataclass

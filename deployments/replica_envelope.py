@@ -144,7 +144,7 @@ class ReplicaEnvelope:
             self.load.release(id(admission))
             self.callers.end(id(admission), Usage(
                 request.request_key, counts.prompt, max(counts.completion, generated or 0), counts.reasoning,
-                finished=counts.finished, ended_at=time.time()))
+                finished=counts.finished, ended_at=time.time(), ledger=request.ledger))
             span.end(cancelled=cancelled, generated=generated if cancelled else None, error=failure)
 
     def _watch(self, key: int, caller: str) -> None:

@@ -65,7 +65,8 @@ class RequestContext:
         return attributes
 
     def job(self, admission: Admission, max_tokens: int | None, served_model: str,
-            trace_context: dict[str, str], preferred_replicas: tuple[str, ...] = (), caller: str = "") -> GenerateRequest:
+            trace_context: dict[str, str], preferred_replicas: tuple[str, ...] = (), caller: str = "",
+            ledger: dict | None = None) -> GenerateRequest:
         """The replica's request, made once everything about it is decided."""
         return GenerateRequest(
             request_id=self.request_id, kind=self.kind, context_limit=admission.context_limit, stream=self.stream,
@@ -74,5 +75,5 @@ class RequestContext:
             prompt_tokens=admission.prompt_tokens, prompt_tokens_bound=admission.prompt_tokens_bound,
             max_tokens=max_tokens, stop=self.stop, sampling=self.sampling, model=served_model,
             request_key=self.request_key, trace_context=trace_context, preferred_replicas=list(preferred_replicas),
-            priority=int(self.tier), caller=caller,
+            priority=int(self.tier), caller=caller, ledger=ledger,
         )

@@ -317,7 +317,8 @@ class Pipeline:
             key, routing_attributes(admission, admission.pool_load) if rt.span.is_recording() else {})
         placement = admission.choice.placement
         job = ctx.job(admission, max_tokens, self._config.model_id, trace_context,
-                      placement.replicas if placement else (), self._caller)
+                      placement.replicas if placement else (), self._caller,
+                      account.info.as_report() if account.lease is not None else None)
         self._pool_load.book(pool, key, job.work_tokens)
         events = None
         dispatched_at = self._clock()

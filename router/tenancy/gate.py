@@ -14,13 +14,16 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
 from router.tenancy.directory import ReloadingFile, Tenant, TenantDirectory
 from router.tenancy.errors import LedgerUnavailable, QuotaRefused
 from router.tenancy.group_commit import GroupCommit
+from router.tenancy.lease_admission import LeasedTenant
+from router.tenancy.lease_store import LeaseStore
+from router.tenancy.leases import Policy, Ticket
 from router.tenancy.pricing import PriceTable
 from router.tenancy.quota import Ask, Grant, Refusal
 from router.tenancy.settlement import Account, Ending
@@ -30,6 +33,7 @@ logger = logging.getLogger("ray.serve")
 
 _SETTLE_ATTEMPTS = 5
 _SETTLE_BACKOFF_S = 0.2
+_LEASE_TICK_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,9 @@ class TenancySettings:
     reload_s: float = 2.0
     reservation_ttl_s: float = 15.0
     pools: tuple[str, ...] = ()  # served pools: a prices file must price them all
+    # Admit out of per-ingress quota leases in memory (router/tenancy/lease_admission.py) instead
+    # of one reservation row per request; a lease not synced for reservation_ttl_s is dead.
+    leases: bool = False
 
 
 class TenancyGate:
@@ -49,7 +56,10 @@ class TenancyGate:
         # A reloaded file is checked as the deploy checks it; one that fails keeps the last good.
         self.prices = ReloadingFile(settings.prices_file, self._checked_prices, settings.reload_s)
         self.tenants = ReloadingFile(settings.tenants_file, self._checked_tenants, settings.reload_s)
-        self.store = QuotaStore(settings.ledger_url, reservation_ttl_s=settings.reservation_ttl_s)
+        ttl = settings.reservation_ttl_s
+        self.store = (LeaseStore(settings.ledger_url, reservation_ttl_s=ttl,
+                                 policy=Policy(ttl_s=ttl, renew_s=min(2.0, ttl / 3)))
+                      if settings.leases else QuotaStore(settings.ledger_url, reservation_ttl_s=ttl))
         self.ingress_id = uuid.uuid4().hex
         # SQLite takes one writer at a time: more threads would only wait on its lock. Reads
         # (/v1/usage) have their own threads, so a long report never holds up an admission.
@@ -57,8 +67,11 @@ class TenancyGate:
         self._db = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ledger")
         self._reads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ledger-read")
         self._live: set[str] = set()  # reservations this ingress still serves or has yet to settle
-        self._unsettled: dict[str, tuple[RequestInfo, Outcome]] = {}  # settlements to retry
+        self._unsettled: dict[str, tuple[RequestInfo, Outcome, Leased | None]] = {}  # settlements to retry
         self._keeper: asyncio.Task | None = None
+        self._lease_ticker: asyncio.Task | None = None
+        self._leased: dict[str, LeasedTenant] = {}  # tenant -> its lease here (settings.leases)
+        self._retiring: list[LeasedTenant] = []  # leases of limits since changed: settle, then return
         self._orphans = orphans
         # Group commits per tenant: its reservations in one queue, its settlements in another.
         self._reserving: dict[str, GroupCommit] = {}
@@ -112,6 +125,8 @@ class TenancyGate:
         self._ensure_keeper()
         prices = self.prices.get().prices(tenant.tier, info.pool)
         ask = Ask(prompt_tokens, max_tokens, clampable, prices.input / 1_000_000, prices.completion_max / 1_000_000)
+        if self.settings.leases:
+            return await self._admit_leased(tenant, info, ask, prices, prompt_tokens)
         pending = self._reservations(info.tenant).submit((info, tenant.limits, ask))
         try:
             decision = await asyncio.shield(pending)
@@ -125,6 +140,32 @@ class TenancyGate:
             raise QuotaRefused(decision)
         self._live.add(info.request_id)
         return Account(info, prices, decision, prompt_tokens)
+
+    async def _admit_leased(self, tenant: Tenant, info: RequestInfo, ask: Ask, prices, prompt_tokens: int) -> Account:
+        holder = self._lease_for(tenant)
+        try:
+            decision = await holder.admit(ask, info)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - no store, no admission: fail closed
+            logger.error("quota store unavailable, refusing request %s: %s", info.request_id, type(exc).__name__)
+            raise LedgerUnavailable("Quota service unavailable; retry shortly.") from exc
+        if isinstance(decision, Refusal):
+            raise QuotaRefused(decision)
+        ticket, grant = decision
+        account = Account(replace(info, started_at=ticket.admitted_at), prices, grant, prompt_tokens)
+        account.lease = Leased(holder, ticket)
+        return account
+
+    def _lease_for(self, tenant: Tenant) -> LeasedTenant:
+        holder = self._leased.get(tenant.name)
+        if holder is not None and holder.limits != tenant.limits:  # the tenants file changed them
+            self._retiring.append(holder)
+            holder = None
+        if holder is None:
+            holder = self._leased[tenant.name] = LeasedTenant(self.store, tenant.name, tenant.limits,
+                                                              self.ingress_id, self._run)
+        return holder
 
     def _undo(self, info: RequestInfo, done: asyncio.Future) -> None:
         if not done.cancelled() and done.exception() is None and isinstance(done.result(), Grant):
@@ -145,24 +186,27 @@ class TenancyGate:
         return asyncio.shield(account.settling)
 
     async def _written(self, account: Account, outcome: Outcome) -> Decimal | None:
-        return account.cost if await self._settle_with_retries(account.info, outcome) else None
+        return account.cost if await self._settle_with_retries(account.info, outcome, account.lease) else None
 
     def _start_settling(self, info: RequestInfo, outcome: Outcome) -> asyncio.Future:
         return asyncio.ensure_future(self._settle_with_retries(info, outcome))
 
-    async def _settle_with_retries(self, info: RequestInfo, outcome: Outcome) -> bool:
+    async def _settle_with_retries(self, info: RequestInfo, outcome: Outcome, lease: "Leased | None" = None) -> bool:
         for attempt in range(_SETTLE_ATTEMPTS):
-            if await self._settle_once(info, outcome, attempt):
+            if await self._settle_once(info, outcome, attempt, lease):
                 return True
             await asyncio.sleep(_SETTLE_BACKOFF_S * 2 ** attempt)
         logger.error("request %s (tenant %s) not yet in the ledger; retrying in the background",
                      info.request_id, info.tenant)
-        self._unsettled[info.request_id] = (info, outcome)
+        self._unsettled[info.request_id] = (info, outcome, lease)
         return False
 
-    async def _settle_once(self, info: RequestInfo, outcome: Outcome, attempt: int) -> bool:
+    async def _settle_once(self, info: RequestInfo, outcome: Outcome, attempt: int, lease: "Leased | None" = None) -> bool:
         try:
-            await self._settlements(info.tenant).submit((info, outcome, utcnow()))
+            if lease is not None:  # its row goes with the lease's next sync
+                await lease.holder.settle(lease.ticket, outcome)
+            else:
+                await self._settlements(info.tenant).submit((info, outcome, utcnow()))
         except Exception as exc:  # noqa: BLE001 - retried; settle is idempotent
             logger.warning("settling %s failed (attempt %d): %s", info.request_id, attempt + 1, type(exc).__name__)
             return False
@@ -186,6 +230,30 @@ class TenancyGate:
     def _ensure_keeper(self) -> None:
         if self._keeper is None or self._keeper.done():
             self._keeper = asyncio.get_running_loop().create_task(self._keep())
+        if self.settings.leases and (self._lease_ticker is None or self._lease_ticker.done()):
+            self._lease_ticker = asyncio.get_running_loop().create_task(self._tick_leases())
+
+    async def _tick_leases(self) -> None:
+        """Start the syncs leases need (renewal, low free units, a recall); return the leases of
+        changed limits once their requests are settled. In-memory checks: no I/O unless due."""
+        while True:
+            await asyncio.sleep(_LEASE_TICK_S)
+            for holder in self._leased.values():
+                holder.tick()
+            for holder in list(self._retiring):
+                if holder.busy:
+                    holder.tick()
+                else:
+                    self._retiring.remove(holder)
+                    asyncio.ensure_future(holder.close())
+
+    async def close_leases(self) -> None:
+        """Give back every lease's free units (the ingress is stopping): no budget waits for expiry."""
+        for holder in [*self._leased.values(), *self._retiring]:
+            try:
+                await holder.close()
+            except Exception as exc:  # noqa: BLE001 - the lease then expires on its own
+                logger.warning("returning the lease of tenant %s failed: %s", holder.tenant, type(exc).__name__)
 
     async def _keep(self) -> None:
         """Renew the reservations of requests this ingress still serves (so an orphan expires),
@@ -196,8 +264,8 @@ class TenancyGate:
             try:
                 if self._live:
                     await self._run(self.store.renew, self.ingress_id, list(self._live))
-                for info, outcome in list(self._unsettled.values()):
-                    await self._settle_once(info, outcome, _SETTLE_ATTEMPTS)
+                for info, outcome, lease in list(self._unsettled.values()):
+                    await self._settle_once(info, outcome, _SETTLE_ATTEMPTS, lease)
                 dropped = await self._run(self.store.expire)
                 if dropped:
                     logger.warning("dropped %d reservations whose ingress stopped renewing them", dropped)
@@ -231,11 +299,24 @@ class TenancyGate:
         return prices.cost(report.prompt_tokens, report.completion_tokens, report.reasoning_tokens)
 
 
+@dataclass(frozen=True)
+class Leased:
+    """An account admitted out of a lease: its row is written by that lease's next sync."""
+
+    holder: LeasedTenant
+    ticket: Ticket
+
+
 def orphan_usage(report: dict) -> OrphanUsage:
     """A replica's published orphan (deployments/caller_watch.py Usage + its identity)."""
+    ledger = report.get("ledger")
+    info = RequestInfo.from_report(ledger) if ledger else None
+    if info is not None and info.request_id != report["request_key"]:
+        raise ValueError("an orphan report whose ledger fields name another request")
     return OrphanUsage(report["request_key"], int(report["prompt_tokens"]), int(report["completion_tokens"]),
                        int(report.get("reasoning_tokens") or 0), bool(report.get("finished")),
-                       report.get("replica"), report.get("node_id"), report.get("accelerator"), report.get("pool"))
+                       report.get("replica"), report.get("node_id"), report.get("accelerator"), report.get("pool"),
+                       info)
 
 
 __all__ = ["Account", "Ending", "TenancyGate", "TenancySettings"]

@@ -106,9 +106,10 @@ class LeaseStore(QuotaStore):
 
     def sync(self, lease_id: str, tenant: str, ingress_id: str, limits: Limits, report: Report,
              settlements: Sequence[Settlement] = (), *, ask_info: RequestInfo | None = None,
-             now: datetime | None = None) -> SyncGrant:
+             now: datetime | None = None, final: bool = False) -> SyncGrant:
         """One transaction: write `settlements`, then set the lease's holding by `leases.grant`.
-        `ask_info` names the request of `report.ask` (a final refusal writes its `refused` row)."""
+        `ask_info` names the request of `report.ask`: a refusal writes its `refused` row, unless
+        it is recallable and not `final` (the caller retries once other leases give back spare)."""
         p = self.policy
         with self._tenant_tx(tenant) as conn:
             self._settle(conn, tenant, settlements)
@@ -137,7 +138,7 @@ class LeaseStore(QuotaStore):
             if result.recallable:
                 conn.execute(self._lsql.recall, {"r_tenant": tenant, "r_lease": lease_id,
                                                  "r_live_since": params["live_since"]})
-            elif isinstance(result.decision, Refusal) and ask_info is not None:
+            if isinstance(result.decision, Refusal) and ask_info is not None and (final or not result.recallable):
                 d = result.decision
                 self._write_row(conn, ask_info, Outcome(REFUSED, error=f"{d.limit}: {d.message}"[:512]), now)
             conn.execute(self._lsql.gc, {"tenant": tenant,

@@ -61,8 +61,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
-from router.tenancy.quota import (WINDOW_S, Ask, Grant, Limits, Refusal, Spend, TenantState, WindowSummary,
-                                  day_key, decide, month_key)
+from router.tenancy.quota import (WINDOW_S, Ask, Grant, Limits, RateHeaders, Refusal, Spend, TenantState,
+                                  WindowSummary, day_key, decide, month_key)
 
 PICO = Decimal(10) ** -12
 KINDS = ("requests", "tokens", "usd", "slots")
@@ -169,6 +169,9 @@ class SyncGrant:
     decision: Grant | Refusal | None  # the ask's, when there was one
     recallable: bool = False  # a refusal that other leases' spare may lift: retry after their sync
     recall: bool = False  # this lease was asked to give back its spare: no spare granted
+    # Requests and tokens the minute limits have left once this holding counts (None: no limit):
+    # what x-ratelimit-remaining-* start from for admissions out of the lease.
+    minute_left: tuple[int | None, int | None] = (None, None)
 
 
 def tenant_view(limits: Limits, base: TenantState, others: Others, keep: Units) -> TenantState:
@@ -251,7 +254,10 @@ def grant(limits: Limits, base: TenantState, others: Others, report: Report, *, 
         spare = Units.zero(limits)
     else:
         spare = _share(room(limits, state), 1 + others.live, report.target)
-    return SyncGrant(held + spare, spare, decision, recallable, recall)
+    final = tenant_view(limits, base, others, held + spare).window_summary
+    minute_left = (None if limits.requests_per_minute is None else limits.requests_per_minute - final.requests,
+                   None if limits.tokens_per_minute is None else limits.tokens_per_minute - final.tokens)
+    return SyncGrant(held + spare, spare, decision, recallable, recall, minute_left)
 
 
 # ---- the ingress side: admitting in memory -----------------------------------------------------
@@ -306,21 +312,24 @@ class Lease:
         self._rate = _Demand()  # per second, smoothed
         self._recall = False
         self._keep = self.in_use
+        self._minute_left: tuple[int | None, int | None] = (None, None)
 
     # ---- admission ----------------------------------------------------------------------
     def live(self, now: datetime) -> bool:
         return self.deadline is not None and now < self.deadline
 
-    def admit(self, ask: Ask, now: datetime, payload: object = None) -> Ticket | None:
+    def admit(self, ask: Ask, now: datetime, payload: object = None, *, again: bool = False) -> Ticket | None:
         """Admit `ask` unclamped from the free units, or None: ask the database (sync with it).
-        Never clamps: a clampable ask that does not fit is decided against the whole tenant."""
+        Never clamps: a clampable ask that does not fit is decided against the whole tenant.
+        again: the same request tried before (its demand is counted once)."""
         tokens = ask.prompt_tokens + ask.max_tokens
         usd = ask.prompt_tokens * ask.input_usd_per_token + ask.max_tokens * ask.completion_usd_per_token
         need = units_of(self.limits, tokens, usd)
-        d = self._demand
-        d.requests += 1
-        d.tokens += tokens
-        d.usd += usd
+        if not again:
+            d = self._demand
+            d.requests += 1
+            d.tokens += tokens
+            d.usd += usd
         if not self.live(now) or day_key(now) != self.day or not self.free.covers(need):
             return None
         return self._take(need, now, payload)
@@ -344,6 +353,23 @@ class Lease:
             self.in_use = self.in_use - slot
             self.free = self.free + slot
         self._settled.append(ticket)
+
+    def headers(self) -> RateHeaders:
+        """x-ratelimit-* for an admission out of the lease: what the minute limits had left at the
+        last sync with this lease's holding counted as used, plus its free units now. An estimate
+        (other ingresses' admissions since then are not seen); resets are unknown here."""
+        requests_left, tokens_left = self._minute_left
+        return RateHeaders(
+            limit_requests=self.limits.requests_per_minute,
+            remaining_requests=None if requests_left is None else requests_left + (self.free.requests or 0),
+            limit_tokens=self.limits.tokens_per_minute,
+            remaining_tokens=None if tokens_left is None else tokens_left + (self.free.tokens or 0))
+
+    @property
+    def idle(self) -> bool:
+        """Holds nothing and has nothing to settle: no sync is needed until it admits again."""
+        return (self._syncing is None and not self._settled
+                and all(not v for _, v in self.free.items()) and all(not v for _, v in self.in_use.items()))
 
     @property
     def pending(self) -> int:
@@ -405,6 +431,7 @@ class Lease:
             self.deadline = min(self.deadline, _next_midnight(now))  # a lease's budget is one UTC day's
         self.day = day_key(now)
         self.last_grant = result.spare
+        self._minute_left = result.minute_left
         self._recall = result.recall  # give the bridge back too, at the next sync
         self.recallable = result.recallable
         self._syncing = None

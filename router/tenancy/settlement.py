@@ -59,6 +59,7 @@ class Account:
         self.cost: Decimal | None = None
         self.status: str | None = None  # how it was settled (completed, cancelled, failed)
         self.billed: tuple[int, int, int] = (0, 0, 0)  # prompt, completion, reasoning tokens
+        self.lease = None  # admitted out of a quota lease: the gate's handle to settle it there
 
     @property
     def max_tokens(self) -> int:

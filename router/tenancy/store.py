@@ -169,6 +169,18 @@ class RequestInfo:
         if self.client_request_id is not None and len(self.client_request_id) > CLIENT_ID_CHARS:
             self.client_request_id = self.client_request_id[:CLIENT_ID_CHARS]
 
+    def as_report(self) -> dict:
+        """Plain values a replica carries back in an orphan report (started_at as ISO text)."""
+        return {**vars(self), "started_at": self.started_at.isoformat() if self.started_at else None}
+
+    @classmethod
+    def from_report(cls, report: dict) -> "RequestInfo":
+        started = report.get("started_at")
+        fields = {k: (None if report.get(k) is None else str(report[k]))
+                  for k in ("client_request_id", "route", "model", "pool", "trace_id")}
+        return cls(str(report["request_id"]), str(report["tenant"]), **fields,
+                   started_at=datetime.fromisoformat(started) if started else None)
+
 
 @dataclass(frozen=True)
 class OrphanUsage:
@@ -183,6 +195,12 @@ class OrphanUsage:
     node_id: str | None = None
     accelerator: str | None = None
     pool: str | None = None
+    info: "RequestInfo | None" = None  # the ledger row's fields, for a request with no reservation row
+
+
+def _orphan_error(report: OrphanUsage) -> str:
+    return ("its ingress died after the answer was generated; billed as its replica counted" if report.finished
+            else "its ingress died mid-answer; billed what its replica generated until it stopped")
 
 
 @dataclass
@@ -582,7 +600,9 @@ class QuotaStore:
         the row keeps its status, takes the tokens, the cost (`cost(tenant, report)`) and the
         replica, and the tokens count toward the tenant's spend, in one transaction per row.
         Returns (rows billed, ids done with: billed now or before, or settled otherwise). A report
-        whose request has no row yet (its reservation has not expired) is left for a later call."""
+        whose request has no row yet is left for a later call while its reservation lives; one
+        admitted out of a quota lease (no reservation, and the report carries its `info`) gets
+        its row now, `expired` and billed, counted as a settlement is."""
         by_id = {r.request_id: r for r in reports}
         if not by_id:
             return 0, set()
@@ -590,7 +610,10 @@ class QuotaStore:
         with self._read() as conn:
             rows = conn.execute(select(g.request_id, g.tenant, g.status, g.replica, g.started_at)
                                 .where(g.request_id.in_(list(by_id)))).all()
-        billed = 0
+            unseen = [r for rid, r in by_id.items() if r.info is not None and rid not in {row.request_id for row in rows}]
+            reserved = {rid for (rid,) in conn.execute(select(reservations.c.request_id).where(
+                reservations.c.request_id.in_([r.request_id for r in unseen])))} if unseen else set()
+        billed, done = self._bill_leased_orphans([r for r in unseen if r.request_id not in reserved], cost)
         for row in rows:
             if row.status != EXPIRED or row.replica is not None:
                 continue
@@ -601,20 +624,38 @@ class QuotaStore:
                 log.warning("cannot price the orphan report of %s: %s", row.request_id, exc)
                 continue
             with self._tenant_tx(row.tenant) as conn:
-                done = conn.execute(self._sql.bill_orphan, {
+                updated = conn.execute(self._sql.bill_orphan, {
                     "rid": row.request_id, "prompt_tokens": report.prompt_tokens,
                     "completion_tokens": report.completion_tokens, "reasoning_tokens": report.reasoning_tokens,
                     "cost_usd": usd, "replica": report.replica, "node_id": report.node_id,
-                    "accelerator": report.accelerator,
-                    "error": ("its ingress died after the answer was generated; billed as its replica counted"
-                              if report.finished else "its ingress died mid-answer; billed what its replica "
-                              "generated until it stopped")}).rowcount
-                if done:
+                    "accelerator": report.accelerator, "error": _orphan_error(report)}).rowcount
+                if updated:
                     tokens = report.prompt_tokens + report.completion_tokens
                     self._bump(conn, row.tenant, [(row.started_at, 0, tokens)])
                     self._count(conn, row.tenant, [(row.started_at, tokens, usd)])
                     billed += 1
-        return billed, {row.request_id for row in rows}
+        return billed, done | {row.request_id for row in rows}
+
+    def _bill_leased_orphans(self, reports: Sequence[OrphanUsage], cost: Callable[[str, OrphanUsage], Decimal]
+                             ) -> tuple[int, set[str]]:
+        """Rows for orphans that had no reservation (lease-admitted), one transaction per tenant;
+        idempotent on request id as every settlement is (a row its ingress did write stands)."""
+        by_tenant: dict[str, list] = {}
+        for report in reports:
+            try:
+                usd = cost(report.info.tenant, report)
+            except (KeyError, ValueError) as exc:
+                log.warning("cannot price the orphan report of %s: %s", report.request_id, exc)
+                continue
+            outcome = Outcome(EXPIRED, report.prompt_tokens, report.completion_tokens, report.reasoning_tokens, usd,
+                              report.replica, report.node_id, report.accelerator, _orphan_error(report))
+            by_tenant.setdefault(report.info.tenant, []).append((report.info, outcome, utcnow()))
+        billed, done = 0, set()
+        for tenant, batch in by_tenant.items():
+            with self._tenant_tx(tenant) as conn:
+                billed += sum(self._settle_rows(conn, tenant, batch, release=False))
+            done |= {info.request_id for info, _, _ in batch}
+        return billed, done
 
     # ---- reading --------------------------------------------------------------------------
     def in_flight(self, tenant: str | None = None) -> int:

@@ -275,7 +275,9 @@ async def test_a_request_whose_caller_died_is_stopped_and_its_usage_published(ex
 
     async def consume(who: str, replica: FakeReplica, key: str) -> None:
         # Nobody reads a dead ingress's stream in Ray either: the replica runs on until told.
-        async for event in envelope.generate(request(caller=f"ingress-{who}", request_key=key), replica.admit):
+        ledger = {"request_id": key, "tenant": "acme"}  # a lease-admitted request's row fields
+        async for event in envelope.generate(request(caller=f"ingress-{who}", request_key=key, ledger=ledger),
+                                             replica.admit):
             seen[who].append(event)
 
     dead_task = asyncio.create_task(consume("dead", orphan, "key-dead"))
@@ -290,7 +292,8 @@ async def test_a_request_whose_caller_died_is_stopped_and_its_usage_published(ex
     assert 0 < generated < 1000
     orphans = envelope.routing_stats({})["orphans"]
     assert orphans == [{"request_key": "key-dead", "prompt_tokens": 12, "completion_tokens": generated,
-                        "reasoning_tokens": 0, "finished": False, "ended_at": orphans[0]["ended_at"]}]
+                        "reasoning_tokens": 0, "finished": False, "ended_at": orphans[0]["ended_at"],
+                        "ledger": {"request_id": "key-dead", "tenant": "acme"}}]
     assert totals(envelope)["cancelled"] == 1 and totals(envelope)["cancelled_completion_tokens"] == generated
     live_task.cancel()
     await asyncio.gather(live_task, return_exceptions=True)

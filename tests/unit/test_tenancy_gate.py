@@ -21,13 +21,13 @@ PRICES = {"tiers": {"standard": {"short": {"input": 0.5, "output": 1.5}}}}
 
 @pytest.fixture
 def make_gate(tmp_path):
-    def make(limits: dict | None = None, ttl: float = 15.0, orphans=tuple) -> TenancyGate:
+    def make(limits: dict | None = None, ttl: float = 15.0, orphans=tuple, leases: bool = False) -> TenancyGate:
         (tmp_path / "tenants.yaml").write_text(yaml.safe_dump(
             {"tenants": {"acme": {"api_keys": ["sk-acme"], "limits": limits or {}}}}))
         (tmp_path / "prices.yaml").write_text(yaml.safe_dump(PRICES))
         return TenancyGate(TenancySettings(str(tmp_path / "tenants.yaml"), str(tmp_path / "prices.yaml"),
                                            f"sqlite:///{tmp_path / 'ledger.db'}", reload_s=0.01,
-                                           reservation_ttl_s=ttl, pools=("short",)), orphans)
+                                           reservation_ttl_s=ttl, pools=("short",), leases=leases), orphans)
     return make
 
 
@@ -72,7 +72,9 @@ async def test_a_settlement_the_ledger_refuses_is_retried_and_its_reservation_ke
     assert await gate.settle(meter, Ending.COMPLETED) is None  # every attempt failed: no cost to report yet
     assert "r1" in gate._live and "r1" in gate._unsettled  # kept alive, queued for retry
     assert gate.store.in_flight("acme") == 1
-    await gate._settle_once(*gate._unsettled["r1"], attempt=5)  # what the keeper's next round does
+    info_, outcome, lease = gate._unsettled["r1"]
+    assert lease is None
+    await gate._settle_once(info_, outcome, 5, lease)  # what the keeper's next round does
     assert not gate._live and not gate._unsettled and gate.store.in_flight("acme") == 0
     (row,) = gate.store.rows("acme")
     assert (row["completion_tokens"], row["cost_usd"]) == (3, Decimal("0.0000095"))
@@ -102,6 +104,58 @@ async def test_the_keeper_bills_a_dead_ingress_s_requests_from_their_replicas_re
     await gate.bill_orphans()
     assert gate._orphans_done == set()  # forgotten once no replica reports it
     gate._keeper.cancel()
+
+
+async def test_a_lease_admitted_request_is_settled_by_its_lease_with_its_row(make_gate):
+    gate = make_gate({"requests_per_minute": 50, "tokens_per_day": 100_000}, leases=True)
+    tenant = gate.authenticate("sk-acme")
+    accounts = await asyncio.gather(*(gate.reserve(tenant, info(f"r{i}"), prompt_tokens=10, max_tokens=5,
+                                                   clampable=False) for i in range(8)))
+    assert all(a.lease is not None for a in accounts) and gate.store.in_flight("acme") == 0  # no reservation rows
+    assert {a.rate_headers["x-ratelimit-limit-requests"] for a in accounts} == {"50"}
+    for a in accounts:
+        a.observe(end_event(finish_reason="stop", prompt_tokens=10, completion_tokens=3, reasoning_tokens=0))
+    costs = await asyncio.gather(*(gate.settle(a, Ending.COMPLETED) for a in accounts))
+    assert costs == [Decimal("0.0000095")] * 8  # each returned once its row was committed
+    rows = gate.store.rows("acme")
+    assert sorted(r["request_id"] for r in rows) == [f"r{i}" for i in range(8)]
+    assert {(r["status"], r["completion_tokens"]) for r in rows} == {("completed", 3)}
+    await gate.close_leases()
+    (lease,) = gate.store.lease_rows("acme")
+    assert (lease["requests"], lease["tokens"]) == (0, 0)  # every free unit given back
+
+
+async def test_a_dead_ingress_s_lease_admitted_request_gets_a_billed_row_from_its_replica_s_report(make_gate):
+    dead = make_gate({"tokens_per_day": 100_000}, leases=True)
+    tenant = dead.authenticate("sk-acme")
+    account = await dead.reserve(tenant, info("cut"), prompt_tokens=10, max_tokens=500, clampable=False)
+    report = {"request_key": "cut", "prompt_tokens": 10, "completion_tokens": 200, "reasoning_tokens": 0,
+              "finished": False, "ended_at": 0.0, "replica": "rep-1", "node_id": "n-1", "accelerator": "L4",
+              "pool": "short", "ledger": account.info.as_report()}  # what the job carried to the replica
+    live = make_gate({"tokens_per_day": 100_000}, leases=True, orphans=lambda: [report])
+    assert await live.bill_orphans() == 1
+    (row,) = live.store.rows("acme")
+    assert (row["status"], row["completion_tokens"], row["replica"], row["cost_usd"]) == (
+        "expired", 200, "rep-1", Decimal("0.000305"))
+    assert row["started_at"] == account.info.started_at and row["client_request_id"] == "cut"
+    day = account.info.started_at.strftime("%Y-%m-%d")
+    assert live.store.spent("acme", day).tokens == 210
+    assert await live.bill_orphans() == 0  # billed once
+    # The dying ingress's own settlement, had it reached the ledger late, changes nothing.
+    account.observe(end_event(finish_reason="stop", prompt_tokens=10, completion_tokens=500, reasoning_tokens=0))
+    await dead.settle(account, Ending.COMPLETED)
+    assert live.store.spent("acme", day).tokens == 210 and len(live.store.rows("acme")) == 1
+
+
+async def test_an_orphan_report_for_a_live_reservation_waits_for_its_expiry(make_gate):
+    gate = make_gate(ttl=60)
+    tenant = gate.authenticate("sk-acme")
+    account = await gate.reserve(tenant, info("held"), prompt_tokens=10, max_tokens=5, clampable=False)
+    report = {"request_key": "held", "prompt_tokens": 10, "completion_tokens": 2, "finished": False,
+              "replica": "rep-1", "pool": "short", "ledger": account.info.as_report()}
+    gate._orphans = lambda: [report]
+    assert await gate.bill_orphans() == 0 and gate.store.rows("acme") == []
+    assert gate.store.in_flight("acme") == 1
 
 
 def test_account_takes_the_engines_prompt_count_from_deltas(make_gate):
