@@ -2,21 +2,19 @@
 
     PYTHONPATH=. .venv/bin/python -m bench.quota [--quick]
 
-The live path (what the ingress runs): each of 4 processes runs the ingress's own TenancyGate with
-IN_FLIGHT requests at a time (reserve, then settle with the real usage), its reservations and
-settlements group-committed (router/tenancy/group_commit.py: one transaction for whatever queued
-while the last one ran). The tenant has a daily token budget the run exhausts and a concurrency
-limit; every process runs until the budget refuses it. This is the last line's figure.
+The live path (what the ingress runs by default, `quota_leases: true`): each of 4 processes
+(multiprocessing, spawn) runs the ingress's own TenancyGate with IN_FLIGHT requests at a time
+(reserve, then settle with the real usage). Admissions come out of the process's quota lease in
+memory (router/tenancy/lease_admission.py); each lease sync is one transaction that writes the
+rows of every request settled since the last, counts them and sets the lease. The tenant has a
+daily token budget the run exhausts (plus a concurrency limit), so the last units go out one
+request at a time; every process runs until the budget refuses it for good. This is the last
+line's figure. Over-admissions = admitted requests beyond what the budget allows (must be 0); the
+ledger and the counters are checked against the count too. Against SQLite (a temp file) and
+PostgreSQL (a throwaway server started as tests/postgres.py does, stopped at the end).
 
-The lease path (built, not wired into the ingress): each of 4 processes (multiprocessing, spawn) holds a lease of the same tenant (LeaseHolder:
-router/tenancy/lease_store.py) and admits + settles in a tight loop: admit in memory, finish with
-the real usage, and sync when one is due (every `settle_batch` settlements or `settle_s`, free
-units low, renewal), each sync one transaction that writes the ledger rows, counts them and sets
-the lease. The tenant has a daily token budget the run exhausts (plus a concurrency limit), so the
-last units go out one request at a time; every process runs until the budget refuses it for good.
-Over-admissions = admitted requests beyond what the budget allows (must be 0); the ledger and the
-counters are checked against the count too. Against SQLite (a temp file) and PostgreSQL (a
-throwaway server started as tests/postgres.py does, stopped at the end).
+The reservation path (`quota_leases: false`): the same gate with one reservation row per request,
+reservations and settlements group-committed (router/tenancy/group_commit.py).
 
 For comparison, one transaction per reservation and per settlement (the ingress before group
 commits): 4 processes calling QuotaStore.reserve + settle per request for a few seconds.
@@ -39,8 +37,8 @@ import yaml
 
 from bench.report import write_json
 from common.protocol import end_event
-from router.tenancy.lease_store import LeaseHolder, LeaseStore
-from router.tenancy.quota import Ask, Grant, Limits, Refusal, day_key
+from router.tenancy.lease_store import LeaseStore
+from router.tenancy.quota import Ask, Grant, Limits, day_key
 from router.tenancy.store import COMPLETED, Outcome, QuotaStore, RequestInfo
 
 TENANT = "big"
@@ -54,38 +52,14 @@ COST = PROMPT * INPUT + MAX_TOKENS * COMPLETION  # real usage = the worst case: 
 
 
 def _lease_worker(url: str, limits: Limits, name: str, cap_s: float, ready, go, out) -> None:
-    store = LeaseStore(url)
-    holder = LeaseHolder(store, TENANT, limits, name)
-    ready.put(name)
-    go.wait()
-    admitted = refused = 0
-    first = last = None
-    stop = time.monotonic() + cap_s
-    while time.monotonic() < stop:
-        got = holder.admit(ASK, RequestInfo(uuid.uuid4().hex, TENANT, route="chat", model="m", pool="short"))
-        if isinstance(got, Refusal):
-            refused += 1
-            if not holder.lease.recallable:
-                break  # the budget is spent: nothing left anywhere
-            time.sleep(0.001)  # another lease's spare is being recalled
-            continue
-        now = time.monotonic()
-        first = first or now
-        last = now
-        admitted += 1
-        holder.finish(got, Outcome(COMPLETED, PROMPT, MAX_TOKENS, 0, COST))
-        holder.tick()
-    holder.close()
-    store.close()
-    out.put({"name": name, "admitted": admitted, "refused": refused, "syncs": holder.syncs,
-             "first": first, "last": last})
+    out.put(asyncio.run(_gate_loop(url, limits, name, cap_s, ready, go, leases=True)))
 
 
-def _gate_worker(url: str, limits: Limits, name: str, cap_s: float, ready, go, out) -> None:
-    out.put(asyncio.run(_gate_loop(url, limits, name, cap_s, ready, go)))
+def _reserving_worker(url: str, limits: Limits, name: str, cap_s: float, ready, go, out) -> None:
+    out.put(asyncio.run(_gate_loop(url, limits, name, cap_s, ready, go, leases=False)))
 
 
-async def _gate_loop(url: str, limits: Limits, name: str, cap_s: float, ready, go) -> dict:
+async def _gate_loop(url: str, limits: Limits, name: str, cap_s: float, ready, go, *, leases: bool) -> dict:
     from router.tenancy.errors import QuotaRefused
     from router.tenancy.gate import TenancyGate, TenancySettings
     from router.tenancy.settlement import Ending
@@ -97,7 +71,7 @@ async def _gate_loop(url: str, limits: Limits, name: str, cap_s: float, ready, g
             k: v for k, v in vars(limits).items() if v is not None}}}}, f)
     with open(prices, "w") as f:
         yaml.safe_dump({"tiers": {"standard": {"short": {"input": 0.5, "output": 1.5}}}}, f)
-    gate = TenancyGate(TenancySettings(tenants, prices, url, pools=("short",)))
+    gate = TenancyGate(TenancySettings(tenants, prices, url, pools=("short",), leases=leases))
     tenant = gate.authenticate("sk-big")
     ready.put(name)
     await asyncio.to_thread(go.wait)
@@ -125,7 +99,9 @@ async def _gate_loop(url: str, limits: Limits, name: str, cap_s: float, ready, g
             await gate.settle(account, Ending.COMPLETED)
 
     await asyncio.gather(*(client() for _ in range(IN_FLIGHT)))
-    transactions = sum(g.transactions for g in (*gate._reserving.values(), *gate._settling.values()))
+    await gate.close_leases()
+    transactions = sum(g.transactions for g in (*gate._reserving.values(), *gate._settling.values())) + sum(
+        h.syncs for h in gate._leased.values())
     gate.store.close()
     return {"name": name, **counts, "transactions": transactions,
             "first": min(times) if times else None, "last": max(times) if times else None}
@@ -199,7 +175,7 @@ def today_path(url: str, seconds: float) -> dict:
 
 def measure(label: str, make_url, allowed: int, cap_s: float, today_s: float) -> dict:
     runs = {}
-    for path, worker, unit in (("live", _gate_worker, "transactions"), ("lease", _lease_worker, "syncs")):
+    for path, worker, unit in (("live", _lease_worker, "lease syncs"), ("reservations", _reserving_worker, "transactions")):
         print(f"{label}: {path} path, {PROCESSES} processes, budget of {allowed} requests ...", flush=True)
         run = runs[path] = budget_run(worker, make_url(path), allowed, cap_s)
         print(f"{label}: {path} path admitted {run['admitted']} of {run['allowed']} allowed in "
@@ -242,7 +218,7 @@ def main() -> None:
     sqlite_rate = results["sqlite"]["live"]["admits_per_s"]
     pg = results["postgres"]
     pg_rate = pg["live"]["admits_per_s"] if pg else float("nan")
-    over = sum(r[path]["over_admitted"] for r in (results["sqlite"], pg) if r for path in ("live", "lease"))
+    over = sum(r[path]["over_admitted"] for r in (results["sqlite"], pg) if r for path in ("live", "reservations"))
     results.update(tenant_admits_per_s_sqlite=sqlite_rate, tenant_admits_per_s_postgres=pg_rate, over_admitted=over,
                    target_admits_per_s=5000)
     write_json("quota", results)

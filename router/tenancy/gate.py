@@ -67,7 +67,7 @@ class TenancyGate:
         self._db = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ledger")
         self._reads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ledger-read")
         self._live: set[str] = set()  # reservations this ingress still serves or has yet to settle
-        self._unsettled: dict[str, tuple[RequestInfo, Outcome, Leased | None]] = {}  # settlements to retry
+        self._unsettled: dict[str, tuple[RequestInfo, Outcome]] = {}  # settlements to retry
         self._keeper: asyncio.Task | None = None
         self._lease_ticker: asyncio.Task | None = None
         self._leased: dict[str, LeasedTenant] = {}  # tenant -> its lease here (settings.leases)
@@ -192,21 +192,31 @@ class TenancyGate:
         return asyncio.ensure_future(self._settle_with_retries(info, outcome))
 
     async def _settle_with_retries(self, info: RequestInfo, outcome: Outcome, lease: "Leased | None" = None) -> bool:
+        if lease is not None:
+            return await self._settle_leased(info, lease, outcome)
         for attempt in range(_SETTLE_ATTEMPTS):
-            if await self._settle_once(info, outcome, attempt, lease):
+            if await self._settle_once(info, outcome, attempt):
                 return True
             await asyncio.sleep(_SETTLE_BACKOFF_S * 2 ** attempt)
         logger.error("request %s (tenant %s) not yet in the ledger; retrying in the background",
                      info.request_id, info.tenant)
-        self._unsettled[info.request_id] = (info, outcome, lease)
+        self._unsettled[info.request_id] = (info, outcome)
         return False
 
-    async def _settle_once(self, info: RequestInfo, outcome: Outcome, attempt: int, lease: "Leased | None" = None) -> bool:
+    async def _settle_leased(self, info: RequestInfo, lease: "Leased", outcome: Outcome) -> bool:
+        """The row goes with the lease's next sync, and stays with the lease until one commits
+        (the lease retries while the store is down): wait as long as the retries above would."""
         try:
-            if lease is not None:  # its row goes with the lease's next sync
-                await lease.holder.settle(lease.ticket, outcome)
-            else:
-                await self._settlements(info.tenant).submit((info, outcome, utcnow()))
+            await asyncio.wait_for(lease.holder.settle(lease.ticket, outcome), _SETTLE_BACKOFF_S * (2 ** _SETTLE_ATTEMPTS - 1))
+            return True
+        except asyncio.TimeoutError:
+            logger.error("request %s (tenant %s) not yet in the ledger; its lease retries it", info.request_id,
+                         info.tenant)
+            return False
+
+    async def _settle_once(self, info: RequestInfo, outcome: Outcome, attempt: int) -> bool:
+        try:
+            await self._settlements(info.tenant).submit((info, outcome, utcnow()))
         except Exception as exc:  # noqa: BLE001 - retried; settle is idempotent
             logger.warning("settling %s failed (attempt %d): %s", info.request_id, attempt + 1, type(exc).__name__)
             return False
@@ -264,8 +274,8 @@ class TenancyGate:
             try:
                 if self._live:
                     await self._run(self.store.renew, self.ingress_id, list(self._live))
-                for info, outcome, lease in list(self._unsettled.values()):
-                    await self._settle_once(info, outcome, _SETTLE_ATTEMPTS, lease)
+                for info, outcome in list(self._unsettled.values()):
+                    await self._settle_once(info, outcome, _SETTLE_ATTEMPTS)
                 dropped = await self._run(self.store.expire)
                 if dropped:
                     logger.warning("dropped %d reservations whose ingress stopped renewing them", dropped)

@@ -10,7 +10,8 @@ The arithmetic is router/tenancy/leases.py (`Lease`), the database side lease_st
   is retried until their next syncs give that spare back, for at most `recall_wait_s`.
 - `settle` hands the request's ledger row to the lease and resolves once a sync has committed
   it: the rows of every request that ended while a sync ran go in the next one (a group commit;
-  durable before the caller sends a last byte, as with per-request reservations).
+  durable before the caller sends a last byte, as with per-request reservations). A sync that
+  fails keeps its rows for the next, tried about once a second by the ticker.
 - `tick` (every fraction of a second, from the gate) starts the sync the lease says is due:
   renewal, low free units, a recall. An idle lease holds nothing and is not synced.
 
@@ -38,6 +39,7 @@ logger = logging.getLogger("ray.serve")
 Run = Callable[..., Awaitable]  # run(fn): runs a blocking store call on the ledger threads
 
 _RECALL_POLL_S = 0.05
+_RETRY_AFTER_FAILURE_S = 1.0
 
 
 class LeasedTenant:
@@ -52,6 +54,7 @@ class LeasedTenant:
         self.recall_wait_s = 2 * store.policy.renew_s + 1.0 if recall_wait_s is None else recall_wait_s
         self._sync: asyncio.Task | None = None
         self._waiting: dict[str, list[asyncio.Future]] = {}  # request id -> settlement waiters
+        self._failed_at: float | None = None  # loop time of the last failed sync
         self.syncs = 0
 
     # ---- admission ------------------------------------------------------------------------
@@ -95,8 +98,10 @@ class LeasedTenant:
 
     # ---- settlement -----------------------------------------------------------------------
     def settle(self, ticket: Ticket, outcome: Outcome, finished_at: datetime | None = None) -> asyncio.Future:
-        """A future that resolves once the request's ledger row is committed (or fails with the
-        sync's error: call again to wait for the next one; the first outcome stays)."""
+        """A future that resolves once the request's ledger row is committed. While the store is
+        down the row stays with the lease and goes in every sync until one commits; the caller
+        bounds its wait (cancelling the future does not drop the row). A second call for the same
+        ticket waits for the same row: the first outcome stays."""
         if not ticket.finished:
             info: RequestInfo = ticket.payload
             row = Settlement(replace(info, started_at=ticket.admitted_at), outcome, finished_at or utcnow())
@@ -107,13 +112,19 @@ class LeasedTenant:
         return waiter
 
     def _kick(self) -> None:
-        if self.lease.pending and (self._sync is None or self._sync.done()):
+        if self.lease.pending and (self._sync is None or self._sync.done()) and not self._resting():
             self._start_sync()
+
+    def _resting(self) -> bool:
+        """The last sync failed under a second ago: the store is down, do not hammer it."""
+        return self._failed_at is not None and asyncio.get_running_loop().time() - self._failed_at < _RETRY_AFTER_FAILURE_S
 
     # ---- syncing --------------------------------------------------------------------------
     def tick(self, now: datetime | None = None) -> str | None:
         """Start the sync the lease says is due (None: none due, or one already runs)."""
         if self.lease.idle or (self._sync is not None and not self._sync.done()):
+            return None
+        if self._resting():
             return None
         reason = self.lease.sync_due(now or utcnow())
         if reason is not None:
@@ -138,26 +149,22 @@ class LeasedTenant:
             result = await self._run(partial(self.store.sync, self.lease_id, self.tenant, self.ingress_id,
                                              self.limits, report, rows, ask_info=info if ask is not None else None,
                                              now=now, final=final))
-        except BaseException as exc:
+        except BaseException:
+            # Its rows stay with the lease (abort_sync) and their waiters keep waiting: the ticker
+            # retries about once a second until the store is back. A waiter bounds its own wait.
             self.lease.abort_sync()
-            self._resolve(rows, exc if isinstance(exc, Exception) else ConnectionError("sync stopped"))
+            self._failed_at = asyncio.get_running_loop().time()
             raise
         self.syncs += 1
+        self._failed_at = None
         ticket = self.lease.end_sync(result, info)
-        self._resolve(rows, None)
-        if self.lease.pending:  # rows that ended while this sync ran: the next group
-            asyncio.get_running_loop().call_soon(self._kick)
-        return result, ticket
-
-    def _resolve(self, rows: list[Settlement], error: Exception | None) -> None:
         for row in rows:
             for waiter in self._waiting.pop(row.info.request_id, ()):
-                if waiter.done():
-                    continue
-                if error is None:
+                if not waiter.done():
                     waiter.set_result(True)
-                else:
-                    waiter.set_exception(error)
+        if self.lease.pending:  # rows that ended while this sync ran: the next group, at once
+            asyncio.get_running_loop().call_soon(self._kick)
+        return result, ticket
 
     async def close(self) -> None:
         """Give every free unit back (an ingress that stops, or limits that changed): the rows

@@ -72,9 +72,7 @@ async def test_a_settlement_the_ledger_refuses_is_retried_and_its_reservation_ke
     assert await gate.settle(meter, Ending.COMPLETED) is None  # every attempt failed: no cost to report yet
     assert "r1" in gate._live and "r1" in gate._unsettled  # kept alive, queued for retry
     assert gate.store.in_flight("acme") == 1
-    info_, outcome, lease = gate._unsettled["r1"]
-    assert lease is None
-    await gate._settle_once(info_, outcome, 5, lease)  # what the keeper's next round does
+    await gate._settle_once(*gate._unsettled["r1"], attempt=5)  # what the keeper's next round does
     assert not gate._live and not gate._unsettled and gate.store.in_flight("acme") == 0
     (row,) = gate.store.rows("acme")
     assert (row["completion_tokens"], row["cost_usd"]) == (3, Decimal("0.0000095"))
@@ -123,6 +121,28 @@ async def test_a_lease_admitted_request_is_settled_by_its_lease_with_its_row(mak
     await gate.close_leases()
     (lease,) = gate.store.lease_rows("acme")
     assert (lease["requests"], lease["tokens"]) == (0, 0)  # every free unit given back
+
+
+async def test_a_lease_settlement_the_ledger_refuses_returns_no_cost_and_is_written_once_it_is_back(
+        make_gate, monkeypatch):
+    monkeypatch.setattr(gate_module, "_SETTLE_BACKOFF_S", 0.005)  # the gate waits 31 x this for the row
+    gate = make_gate({"max_concurrent_requests": 4}, leases=True)
+    tenant = gate.authenticate("sk-acme")
+    account = await gate.reserve(tenant, info("r1"), prompt_tokens=10, max_tokens=5, clampable=False)
+    account.observe(end_event(finish_reason="stop", prompt_tokens=10, completion_tokens=3, reasoning_tokens=0))
+    real = gate.store.sync
+
+    def down(*args, **kw):
+        raise ConnectionError("ledger down")
+    monkeypatch.setattr(gate.store, "sync", down)
+    assert await gate.settle(account, Ending.COMPLETED) is None  # not written yet: no cost to report
+    monkeypatch.setattr(gate.store, "sync", real)
+    for _ in range(100):  # the gate's lease ticker retries about once a second
+        if gate.store.rows("acme"):
+            break
+        await asyncio.sleep(0.05)
+    (row,) = gate.store.rows("acme")
+    assert (row["status"], row["completion_tokens"]) == ("completed", 3)
 
 
 async def test_a_dead_ingress_s_lease_admitted_request_gets_a_billed_row_from_its_replica_s_report(make_gate):
