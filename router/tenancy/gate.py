@@ -27,7 +27,7 @@ from router.tenancy.leases import Policy, Ticket
 from router.tenancy.pricing import PriceTable
 from router.tenancy.quota import Ask, Grant, Refusal
 from router.tenancy.settlement import Account, Ending
-from router.tenancy.store import CANCELLED, OrphanUsage, Outcome, QuotaStore, RequestInfo, utcnow
+from router.tenancy.store import CANCELLED, OrphanUsage, Outcome, RequestInfo, utcnow
 
 logger = logging.getLogger("ray.serve")
 
@@ -57,9 +57,9 @@ class TenancyGate:
         self.prices = ReloadingFile(settings.prices_file, self._checked_prices, settings.reload_s)
         self.tenants = ReloadingFile(settings.tenants_file, self._checked_tenants, settings.reload_s)
         ttl = settings.reservation_ttl_s
-        self.store = (LeaseStore(settings.ledger_url, reservation_ttl_s=ttl,
-                                 policy=Policy(ttl_s=ttl, renew_s=min(2.0, ttl / 3)))
-                      if settings.leases else QuotaStore(settings.ledger_url, reservation_ttl_s=ttl))
+        # A LeaseStore either way: per-request reservations count live leases too.
+        self.store = LeaseStore(settings.ledger_url, reservation_ttl_s=ttl,
+                                policy=Policy(ttl_s=ttl, renew_s=min(2.0, ttl / 3)))
         self.ingress_id = uuid.uuid4().hex
         # SQLite takes one writer at a time: more threads would only wait on its lock. Reads
         # (/v1/usage) have their own threads, so a long report never holds up an admission.

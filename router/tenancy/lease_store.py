@@ -27,8 +27,8 @@ from sqlalchemy import (BigInteger, Column, Index, Integer, String, Table, and_,
 from sqlalchemy.dialects import postgresql, sqlite
 
 from router.tenancy.directory import TENANT_NAME_CHARS
-from router.tenancy.leases import Lease, Others, Policy, Report, SyncGrant, Ticket, Units, grant
-from router.tenancy.quota import WINDOW_S, Ask, Limits, Refusal, Spend, day_key, month_key
+from router.tenancy.leases import Lease, Others, Policy, Report, SyncGrant, Ticket, Units, grant, tenant_view
+from router.tenancy.quota import WINDOW_S, Ask, Limits, Refusal, Spend, TenantState, day_key, month_key
 from router.tenancy.store import (REFUSED, Money, Outcome, QuotaStore, RequestInfo, UTCDateTime, metadata, utcnow)
 
 leases = Table(
@@ -115,12 +115,8 @@ class LeaseStore(QuotaStore):
             self._settle(conn, tenant, settlements)
             now = now or utcnow()  # read under the lock: the expiry counts from after any wait
             day, month = day_key(now), month_key(now)
-            params = {"tenant": tenant, "lease_id": lease_id, "day": day, "month": month,
-                      "live_since": now - timedelta(seconds=p.skew_s),
-                      "window_since": now - timedelta(seconds=WINDOW_S + p.skew_s)}
-            o = conn.execute(self._lsql.others, params).one()
-            others = Others(int(o[1]), int(o[2]), int(o[3]), Spend(int(o[4]), o[5]), Spend(int(o[6]), o[7]),
-                            Units(int(o[8]), int(o[9]), o[10], int(o[11])).tracked(limits), int(o[0]))
+            params = self._params(tenant, lease_id, now)
+            others = self._others(conn, params, limits)
             own = conn.execute(self._lsql.own, params).first()
             recall = bool(own and own.recall)
             base = self._state(conn, tenant, now, limits)
@@ -144,6 +140,23 @@ class LeaseStore(QuotaStore):
             conn.execute(self._lsql.gc, {"tenant": tenant,
                                          "dead_since": now - timedelta(seconds=WINDOW_S + p.skew_s)})
             return result
+
+    def _params(self, tenant: str, lease_id: str, now: datetime) -> dict:
+        p = self.policy
+        return {"tenant": tenant, "lease_id": lease_id, "day": day_key(now), "month": month_key(now),
+                "live_since": now - timedelta(seconds=p.skew_s),
+                "window_since": now - timedelta(seconds=WINDOW_S + p.skew_s)}
+
+    def _others(self, conn, params: dict, limits: Limits) -> Others:
+        o = conn.execute(self._lsql.others, params).one()
+        return Others(int(o[1]), int(o[2]), int(o[3]), Spend(int(o[4]), o[5]), Spend(int(o[6]), o[7]),
+                      Units(int(o[8]), int(o[9]), o[10], int(o[11])).tracked(limits), int(o[0]))
+
+    def _admission_state(self, conn, tenant: str, now: datetime, limits: Limits) -> TenantState:
+        """A per-request reservation counts every live lease too (an ingress with `quota_leases`
+        off beside one with it on, e.g. while a redeploy flips it, still admits exactly)."""
+        base = self._state(conn, tenant, now, limits)
+        return tenant_view(limits, base, self._others(conn, self._params(tenant, "", now), limits), Units.zero(limits))
 
     def _settle(self, conn, tenant: str, settlements: Sequence[Settlement]) -> None:
         """Ledger rows in one statement; the counters of the rows that were new (a replayed sync

@@ -425,11 +425,13 @@ class QuotaStore:
                 at = info.started_at or now
                 if state is None or read_for != (at, limits):
                     flush()
-                    state, read_for = self._state(conn, tenant, at, limits), (at, limits)
+                    state, read_for = self._admission_state(conn, tenant, at, limits), (at, limits)
                 decision = decide(limits, state, ask)
                 if needs_window(decision, state):  # an exact Retry-After needs the single admissions
                     flush()
-                    decision = decide(limits, replace(state, window_summary=None, window=self._window(conn, tenant, at)), ask)
+                    exact = decide(limits, replace(state, window_summary=None, window=self._window(conn, tenant, at)), ask)
+                    # Only for its Retry-After: the entries alone do not hold what quota leases count.
+                    decision = exact if isinstance(exact, Refusal) else decision
                 if isinstance(decision, Grant):
                     pending.append({
                         "request_id": info.request_id, "tenant": tenant, "ingress_id": ingress_id,
@@ -466,6 +468,10 @@ class QuotaStore:
             day=Spend(int(settled_day) + int(live_day), settled_day_usd + live_day_usd),
             month=Spend(int(settled_month) + int(live_month), settled_month_usd + live_month_usd),
         )
+
+    def _admission_state(self, conn: Connection, tenant: str, now: datetime, limits: Limits) -> TenantState:
+        """What a per-request reservation is decided against (LeaseStore adds live leases)."""
+        return self._state(conn, tenant, now, limits)
 
     def _bump(self, conn: Connection, tenant: str, changes: Iterable[tuple[datetime, int, int]]) -> None:
         """Add (requests, tokens) changes of window entries to their seconds' buckets."""

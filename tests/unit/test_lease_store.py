@@ -99,7 +99,7 @@ def test_exact_limit_across_two_holders_and_a_final_refusal_writes_a_refused_row
 
 
 def test_the_per_request_path_and_leases_see_each_other(url, store):
-    """QuotaStore's reservations count in a lease grant (the reverse needs the wiring: see docs)."""
+    """Reservations count in a lease grant, and a LeaseStore's reservations count live leases."""
     limits = Limits(max_concurrent_requests=5)
     old = QuotaStore(url)
     for i in range(3):
@@ -108,6 +108,16 @@ def test_the_per_request_path_and_leases_see_each_other(url, store):
     got = [holder.admit(ask(), info(), at(0.1)) for _ in range(4)]
     assert [isinstance(g, Refusal) for g in got] == [False, False, True, True]
     old.close()
+    # The other way: a reservation through a LeaseStore (an ingress with quota_leases off) sees
+    # the lease's 2 slots and the 3 reservations: the limit is reached.
+    assert isinstance(store.reserve(RequestInfo("r9", TENANT, started_at=at(0.2)), "x", limits, ask()), Refusal)
+    rpm = Limits(requests_per_minute=4)
+    minute = LeaseHolder(store, "other", rpm, "new")
+    assert not isinstance(minute.admit(ask(), RequestInfo(uuid.uuid4().hex, "other"), at(1)), Refusal)
+    minute.sync(at(1.1))  # holds its admission plus spare requests of the minute
+    held = store.lease_rows("other")[0]["requests"]
+    decisions = [store.reserve(RequestInfo(f"m{i}", "other", started_at=at(2)), "x", rpm, ask()) for i in range(4)]
+    assert sum(isinstance(d, Grant) for d in decisions) == 4 - held  # the exact-window re-decision keeps the refusal
 
 
 def test_a_dead_lease_frees_its_slots_after_ttl_and_skew(store):
