@@ -145,6 +145,10 @@ class Policy:
     ttl_s: float = 10.0  # a lease not synced for this long is dead
     renew_s: float = 2.0  # sync at least this often (ttl_s / renew_s syncs may fail in a row)
     horizon_s: float = 1.0  # spare units cover this long of the lease's recent demand
+    # Demand is measured over at least this long: syncs closer together (a busy ingress syncs
+    # for every group of settlements) add to the measurement instead of each taking a reading,
+    # which an interval without an admission would drop to 0.
+    rate_window_s: float = 0.25
     skew_s: float = 1.0  # ingress clocks agree within this
     settle_batch: int = 256  # settle as soon as this many requests wait
     settle_s: float = 0.02  # ... or the oldest has waited this long
@@ -308,6 +312,7 @@ class Lease:
         self._syncing: Units | None = None  # the bridge: what the sync under way keeps free
         self._sync_started: datetime | None = None
         self._last_sync: datetime | None = None
+        self._measuring_since: datetime | None = None  # start of the demand measurement under way
         self._demand = _Demand()
         self._rate = _Demand()  # per second, smoothed
         self._recall = False
@@ -454,9 +459,14 @@ class Lease:
 
     # ---- sizing -------------------------------------------------------------------------
     def _update_rate(self, now: datetime) -> None:
-        """Demand per second since the last sync, averaged with the previous figure; an interval
-        without a single request drops it to 0 (an idle lease gives everything back)."""
-        elapsed = max(0.01, (now - self._last_sync).total_seconds()) if self._last_sync else 1.0
+        """Demand per second over the measurement (at least `rate_window_s`, from one sync to a
+        later one), averaged with the previous figure; a measurement without a single request
+        drops it to 0 (an idle lease gives everything back). A shorter interval keeps the rate
+        and goes on counting."""
+        since = self._measuring_since
+        if since is not None and (now - since).total_seconds() < self.policy.rate_window_s:
+            return
+        elapsed = max(0.01, (now - since).total_seconds()) if since else 1.0
         d, r = self._demand, self._rate
         if d.requests:
             fresh = _Demand(math.ceil(d.requests / elapsed), math.ceil(d.tokens / elapsed),
@@ -466,6 +476,7 @@ class Lease:
         else:
             self._rate = _Demand(peak_slots=d.peak_slots)
         self._demand = _Demand(peak_slots=self.in_use.slots or 0)
+        self._measuring_since = now
 
     def _target(self) -> Units:
         """Free units wanted after the sync: `horizon_s` of the recent demand per second, and

@@ -297,6 +297,36 @@ def test_spare_is_sized_to_the_recent_rate_and_capped_by_a_share_of_what_is_left
     assert result.spare.requests == left.requests // 2
 
 
+def test_syncs_closer_than_the_rate_window_keep_measuring_instead_of_dropping_the_rate():
+    """A busy ingress syncs for every group of settlements, a few ms apart: most of those
+    intervals hold no admission, and each must not read as an idle lease (spare back to 0,
+    every admission then a database round trip)."""
+    limits = Limits(requests_per_minute=100_000, tokens_per_day=10**9)
+    policy = Policy(horizon_s=1, rate_window_s=0.25)
+    db = Db(limits, policy)
+    lease = Lease(limits, policy)
+    report, _ = lease.begin_sync(at(0))
+    lease.end_sync(db.sync("a", report, [], at(0)))
+    now, missed = 0.0, []
+    for step in range(400):  # 1 admission per 5 ms (200/s), a sync every 2.5 ms, for 1 s
+        now += 0.0025
+        if step % 2 == 0:
+            t = lease.admit(ask(), at(now))
+            if t is None:  # would go to the database
+                missed.append(now)
+            else:
+                lease.finish(t, payload=(at(now), 20, ZERO))
+        report, settled = lease.begin_sync(at(now))
+        lease.end_sync(db.sync("a", report, settled, at(now)))
+    # Only while the first window measures (no rate known yet) do admissions miss the lease.
+    assert missed and max(missed) <= 0.26, missed
+    assert lease.free.requests >= 50  # ~200/s x 1 s
+    # A whole window without an admission is idle: the spare goes back.
+    report, settled = lease.begin_sync(at(now + 0.3))
+    lease.end_sync(db.sync("a", report, settled, at(now + 0.3)))
+    assert lease.free.requests == 0
+
+
 def test_a_dead_lease_frees_slots_and_budgets_after_ttl_and_skew_and_its_window_a_minute_later():
     limits = Limits(requests_per_minute=10, max_concurrent_requests=4, tokens_per_day=1000)
     policy = Policy(ttl_s=5, skew_s=1, horizon_s=100)
