@@ -40,6 +40,7 @@ Run = Callable[..., Awaitable]  # run(fn): runs a blocking store call on the led
 
 _RECALL_POLL_S = 0.05
 _RETRY_AFTER_FAILURE_S = 1.0
+_GATHER_S = 0.0005
 
 
 class LeasedTenant:
@@ -55,6 +56,7 @@ class LeasedTenant:
         self._sync: asyncio.Task | None = None
         self._waiting: dict[str, list[asyncio.Future]] = {}  # request id -> settlement waiters
         self._failed_at: float | None = None  # loop time of the last failed sync
+        self._gathering: asyncio.TimerHandle | None = None  # the next group's sync, about to start
         self.syncs = 0
 
     # ---- admission ------------------------------------------------------------------------
@@ -112,8 +114,19 @@ class LeasedTenant:
         return waiter
 
     def _kick(self) -> None:
-        if self.lease.pending and (self._sync is None or self._sync.done()) and not self._resting():
+        if (self.lease.pending and (self._sync is None or self._sync.done()) and self._gathering is None
+                and not self._resting()):
             self._start_sync()
+
+    def _gather_next_group(self) -> None:
+        """After a commit, wait a moment before the next group's sync: the requests it just
+        released are resuming, and their next rows should share that sync rather than each
+        start one (a lone request, with no sync just committed, never waits)."""
+        def go() -> None:
+            self._gathering = None
+            self._kick()
+        if self._gathering is None:
+            self._gathering = asyncio.get_running_loop().call_later(_GATHER_S, go)
 
     def _resting(self) -> bool:
         """The last sync failed under a second ago: the store is down, do not hammer it."""
@@ -162,8 +175,8 @@ class LeasedTenant:
             for waiter in self._waiting.pop(row.info.request_id, ()):
                 if not waiter.done():
                     waiter.set_result(True)
-        if self.lease.pending:  # rows that ended while this sync ran: the next group, at once
-            asyncio.get_running_loop().call_soon(self._kick)
+        if rows or self.lease.pending:  # rows ended while this sync ran, or will as its waiters resume
+            self._gather_next_group()
         return result, ticket
 
     async def close(self) -> None:

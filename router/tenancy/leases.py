@@ -57,6 +57,7 @@ between ingress replicas (the one that finds a lease dead may run ahead of the o
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
@@ -91,22 +92,30 @@ class Units:
             slots=0 if limits.max_concurrent_requests is not None else None,
         )
 
-    def _zip(self, other: "Units", op) -> "Units":
-        return Units(*(None if a is None else op(a, b if b is not None else 0)
-                       for a, b in ((getattr(self, k), getattr(other, k)) for k in KINDS)))
-
+    # Field by field, not by getattr over KINDS: these run several times per admission.
     def __add__(self, other: "Units") -> "Units":
-        return self._zip(other, lambda a, b: a + b)
+        return Units(None if self.requests is None else self.requests + (other.requests or 0),
+                     None if self.tokens is None else self.tokens + (other.tokens or 0),
+                     None if self.usd is None else self.usd + (other.usd or 0),
+                     None if self.slots is None else self.slots + (other.slots or 0))
 
     def __sub__(self, other: "Units") -> "Units":
-        return self._zip(other, lambda a, b: a - b)
+        return Units(None if self.requests is None else self.requests - (other.requests or 0),
+                     None if self.tokens is None else self.tokens - (other.tokens or 0),
+                     None if self.usd is None else self.usd - (other.usd or 0),
+                     None if self.slots is None else self.slots - (other.slots or 0))
 
     def min(self, other: "Units") -> "Units":
-        return self._zip(other, min)
+        return Units(*(None if a is None else min(a, b if b is not None else 0) for a, b in (
+            (self.requests, other.requests), (self.tokens, other.tokens), (self.usd, other.usd),
+            (self.slots, other.slots))))
 
     def covers(self, need: "Units") -> bool:
         """Every tracked kind has at least `need` of it."""
-        return all(have is None or have >= (getattr(need, k) or 0) for k, have in self.items())
+        return ((self.requests is None or self.requests >= (need.requests or 0))
+                and (self.tokens is None or self.tokens >= (need.tokens or 0))
+                and (self.usd is None or self.usd >= (need.usd or 0))
+                and (self.slots is None or self.slots >= (need.slots or 0)))
 
     def nonnegative(self) -> bool:
         return all(v is None or v >= 0 for _, v in self.items())
@@ -116,8 +125,14 @@ class Units:
 
     def tracked(self, limits: Limits) -> "Units":
         """Only the kinds `limits` track (a dropped limit's units become None)."""
-        z = Units.zero(limits)
-        return Units(*(None if getattr(z, k) is None else (getattr(self, k) or 0) for k in KINDS))
+        z = _zero(limits)
+        return Units(None if z.requests is None else self.requests or 0, None if z.tokens is None else self.tokens or 0,
+                     None if z.usd is None else self.usd or 0, None if z.slots is None else self.slots or 0)
+
+
+@lru_cache(maxsize=1024)
+def _zero(limits: Limits) -> Units:
+    return Units.zero(limits)
 
 
 def units_of(limits: Limits, tokens: int, usd: Decimal) -> Units:
@@ -313,6 +328,7 @@ class Lease:
         self._sync_started: datetime | None = None
         self._last_sync: datetime | None = None
         self._measuring_since: datetime | None = None  # start of the demand measurement under way
+        self._reported_units: Units = Units.zero(self.limits)  # what the reported tickets hold
         self._demand = _Demand()
         self._rate = _Demand()  # per second, smoothed
         self._recall = False
@@ -408,8 +424,10 @@ class Lease:
         self._update_rate(now)
         self._reported, self._settled = self._settled, []
         settled = Units.zero(self.limits)
-        for t in self._reported:
-            settled = settled + replace(t.units, slots=0 if t.units.slots is not None else None)
+        for t in self._reported:  # their slots were freed at finish: the rest leaves the lease
+            settled = settled + t.units
+        settled = replace(settled, slots=0 if settled.slots is not None else None)
+        self._reported_units = settled
         target = self._target()
         # With an ask, every free unit goes back first: the ask may need them (a lease short of
         # slots may hold the tokens), and the spare is granted afresh after it.
@@ -423,10 +441,7 @@ class Lease:
 
     def end_sync(self, result: SyncGrant, payload: object = None) -> Ticket | None:
         """The sync committed: the lease holds `result.held`; returns the ask's ticket if granted."""
-        settled = Units.zero(self.limits)
-        for t in self._reported:
-            settled = settled + replace(t.units, slots=0 if t.units.slots is not None else None)
-        self.in_use = self.in_use - settled
+        self.in_use = self.in_use - self._reported_units
         self.free = self.free + (result.held - self._keep)  # the spare and the ask's units
         self._reported = []
         now = self._sync_started
