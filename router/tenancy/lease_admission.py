@@ -116,7 +116,17 @@ class LeasedTenant:
     def _kick(self) -> None:
         if (self.lease.pending and (self._sync is None or self._sync.done()) and self._gathering is None
                 and not self._resting()):
+            self._start_group()
+
+    def _start_group(self) -> None:
+        """The rows waiting, in a settle-only sync when nothing else is due (no grant, no state
+        read: about half the statements), else in a full one."""
+        if not self.lease.settle_only(utcnow()):
             self._start_sync()
+            return
+        holding, rows = self.lease.begin_settle()
+        self._sync = asyncio.get_running_loop().create_task(self._settled(holding, rows))
+        self._sync.add_done_callback(self._log_failure)
 
     def _gather_next_group(self) -> None:
         """After a commit, wait a moment before the next group's sync: the requests it just
@@ -140,7 +150,9 @@ class LeasedTenant:
         if self._resting():
             return None
         reason = self.lease.sync_due(now or utcnow())
-        if reason is not None:
+        if reason == "settle":
+            self._start_group()
+        elif reason is not None:
             self._start_sync()
         return reason
 
@@ -168,16 +180,29 @@ class LeasedTenant:
             self.lease.abort_sync()
             self._failed_at = asyncio.get_running_loop().time()
             raise
+        ticket = self.lease.end_sync(result, info)
+        self._committed(rows)
+        return result, ticket
+
+    async def _settled(self, holding, rows: list[Settlement]) -> None:
+        try:
+            recall = await self._run(partial(self.store.settle_sync, self.lease_id, self.tenant, holding, rows))
+        except BaseException:
+            self.lease.abort_sync()
+            self._failed_at = asyncio.get_running_loop().time()
+            raise
+        self.lease.end_settle(recall)
+        self._committed(rows)
+
+    def _committed(self, rows: list[Settlement]) -> None:
         self.syncs += 1
         self._failed_at = None
-        ticket = self.lease.end_sync(result, info)
         for row in rows:
             for waiter in self._waiting.pop(row.info.request_id, ()):
                 if not waiter.done():
                     waiter.set_result(True)
         if rows or self.lease.pending:  # rows ended while this sync ran, or will as its waiters resume
             self._gather_next_group()
-        return result, ticket
 
     async def close(self) -> None:
         """Give every free unit back (an ingress that stops, or limits that changed): the rows

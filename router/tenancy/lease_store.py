@@ -93,6 +93,12 @@ class _LeaseStatements:
                                             c.expires_at > bindparam("r_live_since", type_=UTCDateTime))
                        .values(recall=1))
         self.drop = delete(leases).where(c.lease_id == lease_id)
+        # Settle-only: the holding shrinks by what was settled; free units stay free at the ingress.
+        self.shrink = (update(leases).where(c.lease_id == bindparam("s_lease"),
+                                            c.expires_at > bindparam("s_live_since", type_=UTCDateTime))
+                       .values(requests=bindparam("requests"), tokens=bindparam("tokens"),
+                               usd=bindparam("usd", type_=Money), slots=bindparam("slots"))
+                       .returning(c.recall))
         self.gc = delete(leases).where(c.tenant == tenant, c.expires_at < bindparam("dead_since", type_=UTCDateTime))
 
 
@@ -140,6 +146,21 @@ class LeaseStore(QuotaStore):
             conn.execute(self._lsql.gc, {"tenant": tenant,
                                          "dead_since": now - timedelta(seconds=WINDOW_S + p.skew_s)})
             return result
+
+    def settle_sync(self, lease_id: str, tenant: str, holding: Units, settlements: Sequence[Settlement],
+                    now: datetime | None = None) -> bool:
+        """A settle-only sync, one transaction: write `settlements` (idempotent, counted once)
+        and lower the lease's holding to `holding` (what is left once they leave it: never more
+        than it held, so no limit needs reading), without renewing it. Returns whether another
+        ingress asked for this lease's spare. A lease the database no longer has just writes."""
+        now = now or utcnow()
+        with self._tenant_tx(tenant) as conn:
+            self._settle(conn, tenant, settlements)
+            row = conn.execute(self._lsql.shrink, {
+                "s_lease": lease_id, "s_live_since": now - timedelta(seconds=self.policy.skew_s),
+                "requests": holding.requests, "tokens": holding.tokens, "usd": holding.usd, "slots": holding.slots}
+            ).first()
+            return bool(row and row.recall)
 
     def _params(self, tenant: str, lease_id: str, now: datetime) -> dict:
         p = self.policy

@@ -412,9 +412,44 @@ class Lease:
         if len(self._settled) >= p.settle_batch or (
                 self._settled and (now - self._settled[0].admitted_at).total_seconds() >= p.settle_s):
             return "settle"
+        return self._low()
+
+    def settle_only(self, now: datetime) -> bool:
+        """Whether the rows waiting may go in a settle-only sync (no grant, no renewal): the lease
+        is live, in its UTC day, not due to renew, not recalled and not running low."""
+        if self._syncing is not None or not self._settled or not self.live(now) or day_key(now) != self.day:
+            return False
+        return self.sync_due(now) in (None, "settle") and self._low() is None
+
+    def begin_settle(self) -> tuple[Units, list]:
+        """Start a settle-only sync: the rows waiting leave the lease, every free unit stays (the
+        database sets the holding to what is left: it can only shrink). Returns (holding, rows)."""
+        assert self._syncing is None, "one sync at a time"
+        self._reported, self._settled = self._settled, []
+        self._reported_units = self._units_of(self._reported)
+        self._syncing = self.free
+        self._keep = self.in_use - self._reported_units + self.free
+        return self._keep, [t.payload for t in self._reported]
+
+    def end_settle(self, recall: bool) -> None:
+        """The settle-only sync committed (abort_sync if it failed). recall: another ingress asked
+        for this lease's spare (give it back at the next full sync)."""
+        self.in_use = self.in_use - self._reported_units
+        self._reported = []
+        self._syncing = None
+        self._recall = self._recall or recall
+
+    def _units_of(self, tickets: list[Ticket]) -> Units:
+        """What settling `tickets` takes out of the lease (their slots were freed at finish)."""
+        settled = Units.zero(self.limits)
+        for t in tickets:
+            settled = settled + t.units
+        return replace(settled, slots=0 if settled.slots is not None else None)
+
+    def _low(self) -> str | None:
         for k, granted in self.last_grant.items():
             f = getattr(self.free, k)
-            if granted and f is not None and float(f) < float(granted) * p.low_water:
+            if granted and f is not None and float(f) < float(granted) * self.policy.low_water:
                 return "low"
         return None
 
@@ -423,11 +458,7 @@ class Lease:
         assert self._syncing is None, "one sync at a time"
         self._update_rate(now)
         self._reported, self._settled = self._settled, []
-        settled = Units.zero(self.limits)
-        for t in self._reported:  # their slots were freed at finish: the rest leaves the lease
-            settled = settled + t.units
-        settled = replace(settled, slots=0 if settled.slots is not None else None)
-        self._reported_units = settled
+        settled = self._reported_units = self._units_of(self._reported)
         target = self._target()
         # With an ask, every free unit goes back first: the ask may need them (a lease short of
         # slots may hold the tokens), and the spare is granted afresh after it.

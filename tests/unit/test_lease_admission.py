@@ -100,7 +100,7 @@ async def test_rows_a_failed_sync_carried_stay_with_the_lease_until_a_sync_commi
     nothing is lost, and the store is not hammered while it is down."""
     (a,) = holders(store, run, Limits(max_concurrent_requests=5), n=1)
     (first, _), (second, _) = await asyncio.gather(a.admit(ask(), info()), a.admit(ask(), info()))
-    real, calls = store.sync, []
+    real, real_settle, calls = store.sync, store.settle_sync, []
     release = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -109,6 +109,7 @@ async def test_rows_a_failed_sync_carried_stay_with_the_lease_until_a_sync_commi
         asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=10)
         raise ConnectionError("ledger down")
     monkeypatch.setattr(store, "sync", down)
+    monkeypatch.setattr(store, "settle_sync", down)
     one = a.settle(first, Outcome(COMPLETED, 100, 5))  # its sync starts and blocks
     await asyncio.sleep(0.05)
     two = a.settle(second, Outcome(COMPLETED, 100, 6))  # ends while that sync runs
@@ -118,6 +119,7 @@ async def test_rows_a_failed_sync_carried_stay_with_the_lease_until_a_sync_commi
     assert a.tick() is None and calls == [1]  # resting: about one try a second while the store is down
     again = a.settle(first, Outcome(CANCELLED, 100, 9))  # the gate's wait ran out; a retry keeps the first outcome
     monkeypatch.setattr(store, "sync", real)
+    monkeypatch.setattr(store, "settle_sync", real_settle)
     for _ in range(40):
         a.tick()
         if one.done() and two.done() and again.done():

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from router.tenancy.lease_store import LeaseHolder, LeaseStore
-from router.tenancy.leases import Policy
+from router.tenancy.leases import Policy, Units
 from router.tenancy.quota import Ask, Grant, Limits, Refusal, day_key
 from router.tenancy.store import COMPLETED, REFUSED, Outcome, QuotaStore, RequestInfo
 
@@ -132,6 +132,34 @@ def test_a_dead_lease_frees_its_slots_after_ttl_and_skew(store):
     # and rows dead for over ttl + skew + 60 s are deleted by the tenant's next sync
     alive.sync(at(67))
     assert [r["lease_id"] for r in store.lease_rows(TENANT)] == [alive.lease_id]
+
+
+def test_a_settle_only_sync_writes_rows_shrinks_the_holding_and_renews_nothing(store):
+    limits = Limits(tokens_per_day=100_000, max_concurrent_requests=6)
+    holder = LeaseHolder(store, TENANT, limits, "a")
+    holder.lease._demand.requests, holder.lease._demand.tokens, holder.lease._demand.peak_slots = 20, 20 * 150, 4
+    holder.sync(at(0))
+    before = store.lease_rows(TENANT)[0]
+    tickets = [holder.admit(ask(), info(), at(0.1)) for _ in range(3)]
+    assert holder.syncs == 1  # all three out of the lease
+    for t in tickets:
+        holder.finish(t, Outcome(COMPLETED, 100, 20), at(0.2))
+    assert holder.lease.settle_only(at(0.3))
+    holding, rows = holder.lease.begin_settle()
+    assert store.settle_sync(holder.lease_id, TENANT, holding, rows, at(0.3)) is False
+    holder.lease.end_settle(False)
+    after = store.lease_rows(TENANT)[0]
+    assert after["tokens"] == before["tokens"] - 3 * 150  # settled: counted by their rows now
+    assert after["slots"] == before["slots"]  # a finished request's slot is free in the lease again
+    assert after["expires_at"] == before["expires_at"]  # not renewed: only a full sync renews
+    assert store.spent(TENANT, day_key(at(0))).tokens == 3 * 120 and len(store.rows(TENANT)) == 3
+    assert holder.lease.in_use == Units(None, 0, None, 0)
+    # Replayed (its answer lost): no row, no count twice; another ingress's recall comes back with it.
+    other = LeaseHolder(store, TENANT, limits, "b")
+    result, _ = other.sync(at(0.4), ask=ask(), ask_info=info())  # a holds every slot, free: a recall
+    assert result.recallable
+    assert store.settle_sync(holder.lease_id, TENANT, holding, rows, at(0.5)) is True
+    assert store.spent(TENANT, day_key(at(0))).tokens == 3 * 120 and len(store.rows(TENANT)) == 3
 
 
 def test_closing_a_holder_returns_everything(store):

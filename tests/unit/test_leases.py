@@ -96,6 +96,21 @@ class Db:
             raise TimeoutError("commit outcome unknown")
         return result
 
+    def settle_sync(self, lease_id: str, holding: Units, settled: list, now: datetime) -> bool:
+        """LeaseStore.settle_sync: rows in, the live lease's holding lowered, no renewal."""
+        fail, self.fail_next = self.fail_next, None
+        if fail == "before":
+            raise ConnectionError("database unreachable")
+        self.ledger.extend(settled)
+        row = self.rows.get(lease_id)
+        recall = False
+        if row is not None and row.expires_at > now - timedelta(seconds=self.policy.skew_s):
+            assert all(h is None or h <= was for (_, h), (_, was) in zip(holding.items(), row.held.items()))
+            row.held, recall = holding, row.recall
+        if fail == "after":
+            raise TimeoutError("commit outcome unknown")
+        return recall
+
 
 class Holder:
     """An ingress: a Lease, its requests in flight, and the real usage it caused."""
@@ -115,6 +130,15 @@ class Holder:
             return None
         ticket = self.lease.end_sync(result, payload=None)
         return result, ticket
+
+    def settle(self, now) -> None:
+        holding, payloads = self.lease.begin_settle()
+        try:
+            recall = self.db.settle_sync(self.name, holding, payloads, now)
+        except (ConnectionError, TimeoutError):
+            self.lease.abort_sync()
+            return
+        self.lease.end_settle(recall)
 
     def request(self, now, a: Ask) -> bool:
         ticket = self.lease.admit(a, now)
@@ -193,7 +217,7 @@ def test_many_holders_never_admit_beyond_any_limit(limits, seed):
     policy = Policy(ttl_s=5, renew_s=1, horizon_s=1, skew_s=0.5, settle_batch=4, settle_s=0.2)
     db, world = Db(limits, policy), World(limits)
     holders = [Holder(f"ingress-{i}", db, world) for i in range(4)]
-    now, admitted, refused = at(0), 0, 0
+    now, admitted, refused, settle_only = at(0), 0, 0, 0
     for _ in range(700):
         now += timedelta(seconds=rng.choice((0, 0, 0.01, 0.05, 0.3, 2.0)))
         for other in holders:  # every live ingress renews on time (its keeper); this one succeeds
@@ -210,9 +234,16 @@ def test_many_holders_never_admit_beyond_any_limit(limits, seed):
             refused += not admitted_now
         elif roll < 0.8 and h.running:
             h.end(now, rng)
+            if h.lease.settle_only(now) and rng.random() < 0.5:  # a busy ingress settles at once
+                db.fail_next = rng.choice((None, None, None, "before", "after"))
+                h.settle(now)
+                settle_only += 1
         elif roll < 0.9:
             db.fail_next = rng.choice((None, None, "before", "after"))
-            if h.lease.sync_due(now) or rng.random() < 0.5:
+            if h.lease.settle_only(now) and rng.random() < 0.6:
+                h.settle(now)  # the rows alone, as a busy ingress settles between renewals
+                settle_only += 1
+            elif h.lease.sync_due(now) or rng.random() < 0.5:
                 h.sync(now)
         elif roll < 0.905:
             # It stops syncing; its requests die with it (their callers are gone), and what it
@@ -226,6 +257,7 @@ def test_many_holders_never_admit_beyond_any_limit(limits, seed):
                 world.done.remove(ticket.payload)
         world.check(now)
     assert admitted > 20 and refused > 0  # the limits were reached, and requests passed
+    assert settle_only > 10
 
 
 def test_sum_of_grants_never_exceeds_the_limit_across_holders():

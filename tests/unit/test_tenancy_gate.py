@@ -130,13 +130,15 @@ async def test_a_lease_settlement_the_ledger_refuses_returns_no_cost_and_is_writ
     tenant = gate.authenticate("sk-acme")
     account = await gate.reserve(tenant, info("r1"), prompt_tokens=10, max_tokens=5, clampable=False)
     account.observe(end_event(finish_reason="stop", prompt_tokens=10, completion_tokens=3, reasoning_tokens=0))
-    real = gate.store.sync
+    real, real_settle = gate.store.sync, gate.store.settle_sync
 
     def down(*args, **kw):
         raise ConnectionError("ledger down")
     monkeypatch.setattr(gate.store, "sync", down)
+    monkeypatch.setattr(gate.store, "settle_sync", down)
     assert await gate.settle(account, Ending.COMPLETED) is None  # not written yet: no cost to report
     monkeypatch.setattr(gate.store, "sync", real)
+    monkeypatch.setattr(gate.store, "settle_sync", real_settle)
     for _ in range(100):  # the gate's lease ticker retries about once a second
         if gate.store.rows("acme"):
             break
