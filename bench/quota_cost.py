@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/quota_cost.py [--requests 500] [--postgres-url postgresql://...]
 
-Runs the ingress's own TenancyGate (reserve -> settle, group-committed on the gate's thread
-pool: router/tenancy/group_commit.py) against SQLite in a temp dir, and PostgreSQL when a URL is given, for a tenant with a
+Runs the ingress's own TenancyGate, both ways: admitting out of quota leases (the default:
+router/tenancy/lease_admission.py, the settlement awaited until its lease's sync commits) and
+with one reservation per request (reserve -> settle, group-committed on the gate's thread pool:
+router/tenancy/group_commit.py), against SQLite in a temp dir, and PostgreSQL when a URL is given, for a tenant with a
 requests-per-minute limit (the costlier path: it reads the minute window) and one with a daily
 token budget. Side by side: an empty hop through the same thread pool, the floor any database
 work pays. Prints p50 / p99 in ms, sequentially and with 32 requests in flight.
@@ -65,14 +67,14 @@ async def measure(gate: TenancyGate, tenant, n: int, concurrency: int) -> list[f
     return samples
 
 
-async def bench(url: str, n: int) -> None:
+async def bench(url: str, n: int, leases: bool) -> None:
     folder = tempfile.mkdtemp(prefix="quota-bench-")
     tenants, prices = os.path.join(folder, "tenants.yaml"), os.path.join(folder, "prices.yaml")
     with open(tenants, "w") as f:
         yaml.safe_dump(TENANTS, f)
     with open(prices, "w") as f:
         yaml.safe_dump({"tiers": {"standard": {"short": {"input": 0.5, "output": 1.5}}}}, f)
-    gate = TenancyGate(TenancySettings(tenants, prices, url))
+    gate = TenancyGate(TenancySettings(tenants, prices, url, leases=leases))
     directory = gate.tenants.get()
     rows = []
     for label, tenant in (("empty hop x2", None), ("rpm tenant", directory.tenants["rpm"]),
@@ -82,10 +84,12 @@ async def bench(url: str, n: int) -> None:
             samples = await measure(gate, tenant, n, concurrency)
             rows.append((label, concurrency, pct(samples, 0.5), pct(samples, 0.99), statistics.mean(samples) * 1e3))
     backend = url.split(":", 1)[0]
-    print(f"\n{backend}: {n} requests per row (reserve + settle, group-committed)")
+    how = "admitted out of quota leases, settled by their syncs" if leases else "reserve + settle, group-committed"
+    print(f"\n{backend}: {n} requests per row ({how})")
     print(f"{'path':>14} {'in flight':>9} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
     for label, c, p50, p99, mean in rows:
         print(f"{label:>14} {c:>9} {p50:>8.3f} {p99:>8.3f} {mean:>8.3f}")
+    await gate.close_leases()
     gate.store.close()
 
 
@@ -94,9 +98,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--postgres-url", help="also measure PostgreSQL (e.g. a throwaway server)")
     args = parser.parse_args()
-    asyncio.run(bench(f"sqlite:///{tempfile.mkdtemp(prefix='quota-bench-')}/ledger.db", args.requests))
-    if args.postgres_url:
-        asyncio.run(bench(args.postgres_url, args.requests))
+    for leases in (True, False):
+        asyncio.run(bench(f"sqlite:///{tempfile.mkdtemp(prefix='quota-bench-')}/ledger.db", args.requests, leases))
+        if args.postgres_url:
+            asyncio.run(bench(args.postgres_url, args.requests, leases))
 
 
 if __name__ == "__main__":

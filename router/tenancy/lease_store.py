@@ -126,7 +126,7 @@ class LeaseStore(QuotaStore):
             own = conn.execute(self._lsql.own, params).first()
             recall = bool(own and own.recall)
             base = self._state(conn, tenant, now, limits)
-            result = grant(limits, base, others, report, recall=recall)
+            result = grant(limits, base, others, report, recall=recall, final=final)
             held, free = result.held, report.bridge.tracked(limits) + result.spare
             if report.returning and not any(v for _, v in held.items()):
                 conn.execute(self._lsql.drop, params)  # nothing in use: no window units to keep
@@ -216,6 +216,8 @@ class LeaseHolder:
         if ticket is not None:
             return ticket
         result, ticket = self.sync(now, ask=ask, ask_info=info)
+        if ticket is None and result.decision is None:  # a clamp the others' spare would widen: take it now
+            result, ticket = self.sync(now, ask=ask, ask_info=info, final=True)
         if ticket is None:
             return result.decision if isinstance(result.decision, Refusal) else _no_lease(ask)
         ticket.decision = result.decision
@@ -233,12 +235,12 @@ class LeaseHolder:
         return reason
 
     def sync(self, now: datetime | None = None, *, ask: Ask | None = None, ask_info: RequestInfo | None = None,
-             returning: bool = False) -> tuple[SyncGrant, Ticket | None]:
+             returning: bool = False, final: bool = False) -> tuple[SyncGrant, Ticket | None]:
         now = now or utcnow()
         report, settlements = self.lease.begin_sync(now, ask, returning=returning)
         try:
             result = self.store.sync(self.lease_id, self.tenant, self.ingress_id, self.limits, report, settlements,
-                                     ask_info=ask_info, now=now)
+                                     ask_info=ask_info, now=now, final=final)
         except BaseException:
             self.lease.abort_sync()
             raise

@@ -241,14 +241,20 @@ def _share(free: Units, holders: int, target: Units) -> Units:
     return Units(*out)
 
 
-def grant(limits: Limits, base: TenantState, others: Others, report: Report, *, recall: bool = False) -> SyncGrant:
+def grant(limits: Limits, base: TenantState, others: Others, report: Report, *, recall: bool = False,
+          final: bool = True) -> SyncGrant:
     """Decide a sync: the ask (if any) by quota.decide over the whole tenant, then spare units.
 
     `base` is the tenant's state without any lease (settled usage, per-request reservations, the
     ledger's minute window); `others` what the other leases hold; `recall` that another ingress
     asked this lease for its spare. Returns the lease's new holding: `keep` + the ask's units +
     spare, within every limit (given that `keep` was; a lease revived after its expiry keeps what
-    it uses even if that no longer fits, as a late settlement is billed after an expiry)."""
+    it uses even if that no longer fits, as a late settlement is billed after an expiry).
+
+    An ask refused, or clamped, only because other leases hold spare units is `recallable`: a
+    refusal says so; a clamp is not granted at all unless `final` (decision None): once the
+    others give their spare back the same request gets the max_tokens one reservation per
+    request would have given it, instead of a shorter answer and a second clamped request."""
     keep = report.keep.tracked(limits)
     state = tenant_view(limits, base, others, keep)
     decision: Grant | Refusal | None = None
@@ -256,26 +262,31 @@ def grant(limits: Limits, base: TenantState, others: Others, report: Report, *, 
     recallable = False
     if report.ask is not None:
         decision = decide(limits, state, report.ask)
-        if isinstance(decision, Grant):
+        lifted = None
+        if isinstance(decision, Refusal) or decision.clamped_from is not None:
+            # What would the ask get if the other leases gave back their spare?
+            spare_back = Others(others.window_requests - (others.spare.requests or 0),
+                                others.window_tokens - (others.spare.tokens or 0),
+                                others.slots - (others.spare.slots or 0),
+                                Spend(others.day.tokens - (others.spare.tokens or 0),
+                                      others.day.usd - (others.spare.usd or 0)),
+                                Spend(others.month.tokens - (others.spare.tokens or 0),
+                                      others.month.usd - (others.spare.usd or 0)), Units(), others.live)
+            lifted = decide(limits, tenant_view(limits, base, spare_back, keep), report.ask)
+        if isinstance(decision, Refusal):
+            recallable = isinstance(lifted, Grant)
+        elif not final and isinstance(lifted, Grant) and lifted.max_tokens > decision.max_tokens:
+            decision, recallable = None, True  # clamped by the others' spare: wait for it
+        else:
             held = keep + units_of(limits, decision.tokens, decision.usd)
             state = tenant_view(limits, base, others, held)
-        else:
-            # Would the ask fit if the other leases gave back their spare?
-            lifted = Others(others.window_requests - (others.spare.requests or 0),
-                            others.window_tokens - (others.spare.tokens or 0),
-                            others.slots - (others.spare.slots or 0),
-                            Spend(others.day.tokens - (others.spare.tokens or 0),
-                                  others.day.usd - (others.spare.usd or 0)),
-                            Spend(others.month.tokens - (others.spare.tokens or 0),
-                                  others.month.usd - (others.spare.usd or 0)), Units(), others.live)
-            recallable = isinstance(decide(limits, tenant_view(limits, base, lifted, keep), report.ask), Grant)
-    if report.returning or recall or isinstance(decision, Refusal):
+    if report.returning or recall or (report.ask is not None and not isinstance(decision, Grant)):
         spare = Units.zero(limits)
     else:
         spare = _share(room(limits, state), 1 + others.live, report.target)
-    final = tenant_view(limits, base, others, held + spare).window_summary
-    minute_left = (None if limits.requests_per_minute is None else limits.requests_per_minute - final.requests,
-                   None if limits.tokens_per_minute is None else limits.tokens_per_minute - final.tokens)
+    after = tenant_view(limits, base, others, held + spare).window_summary
+    minute_left = (None if limits.requests_per_minute is None else limits.requests_per_minute - after.requests,
+                   None if limits.tokens_per_minute is None else limits.tokens_per_minute - after.tokens)
     return SyncGrant(held + spare, spare, decision, recallable, recall, minute_left)
 
 

@@ -417,6 +417,32 @@ def test_each_limit_kind_admits_exactly_its_limit_through_leases():
         assert admitted == allowed, (limits, admitted)
 
 
+def test_a_clamp_only_the_others_spare_causes_waits_for_it_unless_final():
+    """A clampable ask the tenant's real room would give more than the room left beside another
+    lease's unused spare: cutting it now would give a shorter answer, and a second clamped
+    request later, than one reservation per request gives."""
+    limits = Limits(tokens_per_day=1000)
+    policy = Policy(horizon_s=1)
+    db = Db(limits, policy)
+    a = Lease(limits, policy)
+    a._demand.requests, a._demand.tokens = 1, 400
+    report, _ = a.begin_sync(at(0))
+    a.end_sync(db.sync("a", report, [], at(0)))
+    spare = a.free.tokens
+    assert spare > 0
+    db.ledger.append((at(0), 950 - spare, ZERO))  # 50 tokens left beside a's spare
+    b = Lease(limits, policy)
+    report, _ = b.begin_sync(at(1), ask(10, 1000, clampable=True))
+    waiting = grant(limits, db.base(at(1)), db.others("b", at(1)), report, final=False)
+    assert waiting.decision is None and waiting.recallable and waiting.held == Units(None, 0, None, None)
+    now = grant(limits, db.base(at(1)), db.others("b", at(1)), report, final=True)
+    assert isinstance(now.decision, Grant) and now.decision.max_tokens == 40  # what the waiter finally takes
+    report_a, _ = a.begin_sync(at(1.1), returning=True)  # a gives its spare back (a recall, or idle)
+    a.end_sync(db.sync("a", report_a, [], at(1.1)))
+    lifted = grant(limits, db.base(at(1.2)), db.others("b", at(1.2)), report, final=False)
+    assert isinstance(lifted.decision, Grant) and lifted.decision.max_tokens == 40 + spare
+
+
 def test_a_recallable_refusal_is_lifted_once_the_other_lease_syncs():
     limits = Limits(tokens_per_day=1000)
     policy = Policy(horizon_s=100)
