@@ -129,9 +129,9 @@ class LeasedTenant:
         self._sync.add_done_callback(self._log_failure)
 
     def _gather_next_group(self) -> None:
-        """After a commit, wait a moment before the next group's sync: the requests it just
-        released are resuming, and their next rows should share that sync rather than each
-        start one (a lone request, with no sync just committed, never waits)."""
+        """After a commit of several rows, wait a moment before the next group's sync: the
+        requests it just released are resuming, and their next rows should share that sync
+        rather than each start one (one request at a time never waits)."""
         def go() -> None:
             self._gathering = None
             self._kick()
@@ -201,7 +201,7 @@ class LeasedTenant:
             for waiter in self._waiting.pop(row.info.request_id, ()):
                 if not waiter.done():
                     waiter.set_result(True)
-        if rows or self.lease.pending:  # rows ended while this sync ran, or will as its waiters resume
+        if len(rows) > 1 or self.lease.pending:  # concurrent requests: more will end as these resume
             self._gather_next_group()
 
     async def close(self) -> None:
