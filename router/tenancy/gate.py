@@ -134,8 +134,7 @@ class TenancyGate:
             pending.add_done_callback(lambda done: self._undo(info, done))
             raise
         except Exception as exc:  # noqa: BLE001 - no store, no admission: fail closed
-            logger.error("quota store unavailable, refusing request %s: %s", info.request_id, type(exc).__name__)
-            raise LedgerUnavailable("Quota service unavailable; retry shortly.") from exc
+            raise _store_down(info, exc) from exc
         if isinstance(decision, Refusal):
             raise QuotaRefused(decision)
         self._live.add(info.request_id)
@@ -145,11 +144,8 @@ class TenancyGate:
         holder = self._lease_for(tenant)
         try:
             decision = await holder.admit(ask, info)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001 - no store, no admission: fail closed
-            logger.error("quota store unavailable, refusing request %s: %s", info.request_id, type(exc).__name__)
-            raise LedgerUnavailable("Quota service unavailable; retry shortly.") from exc
+            raise _store_down(info, exc) from exc
         if isinstance(decision, Refusal):
             raise QuotaRefused(decision)
         ticket, grant = decision
@@ -248,14 +244,15 @@ class TenancyGate:
         changed limits once their requests are settled. In-memory checks: no I/O unless due."""
         while True:
             await asyncio.sleep(_LEASE_TICK_S)
-            for holder in self._leased.values():
-                holder.tick()
-            for holder in list(self._retiring):
-                if holder.busy:
-                    holder.tick()
-                else:
-                    self._retiring.remove(holder)
-                    asyncio.ensure_future(holder.close())
+            for holder in [*self._leased.values(), *self._retiring]:
+                try:
+                    if holder in self._retiring and not holder.busy:
+                        self._retiring.remove(holder)
+                        asyncio.ensure_future(holder.close())
+                    else:
+                        holder.tick()
+                except Exception:  # noqa: BLE001 - one lease's trouble must not stop the others' renewals
+                    logger.exception("lease of tenant %s: tick failed", holder.tenant)
 
     async def close_leases(self) -> None:
         """Give back every lease's free units (the ingress is stopping): no budget waits for expiry."""
@@ -307,6 +304,11 @@ class TenancyGate:
         known = self.tenants.get().tenants.get(tenant)
         prices = self.prices.get().prices(known.tier if known else None, report.pool or "")
         return prices.cost(report.prompt_tokens, report.completion_tokens, report.reasoning_tokens)
+
+
+def _store_down(info: RequestInfo, exc: Exception) -> LedgerUnavailable:
+    logger.error("quota store unavailable, refusing request %s: %s", info.request_id, type(exc).__name__)
+    return LedgerUnavailable("Quota service unavailable; retry shortly.")
 
 
 @dataclass(frozen=True)
