@@ -1,8 +1,9 @@
 """The ingress side of tenancy: who is calling, may the request start, and what it cost.
 
 `TenancyGate` authenticates keys against the (reloading) tenants file, reserves each request's
-worst case in the QuotaStore before it reaches a replica, and settles it from what the replica
-reported: `settle(account, ending)` is the one way a request ends, by the billing rules of
+worst case before it reaches a replica (out of this ingress's quota lease in memory with
+`leases`, router/tenancy/lease_admission.py; else one reservation row per request, group-
+committed), and settles it from what the replica reported: `settle(account, ending)` is the one way a request ends, by the billing rules of
 router/tenancy/settlement.py. Refusals are exceptions of router/tenancy/errors.py (the HTTP
 edge maps them). Database work runs on a small thread pool, never on the event loop.
 """
