@@ -88,9 +88,7 @@ class LeasedTenant:
             return result.decision
 
     def _local_grant(self, ask: Ask) -> Grant:
-        tokens = ask.prompt_tokens + ask.max_tokens
-        usd = ask.prompt_tokens * ask.input_usd_per_token + ask.max_tokens * ask.completion_usd_per_token
-        return Grant(ask.max_tokens, tokens, usd, None, self.lease.headers())
+        return Grant(ask.max_tokens, *ask.worst_case(), None, self.lease.headers())
 
     def _release_unused(self, sync: asyncio.Task) -> None:
         if not sync.cancelled() and sync.exception() is None:
@@ -145,9 +143,7 @@ class LeasedTenant:
     # ---- syncing --------------------------------------------------------------------------
     def tick(self, now: datetime | None = None) -> str | None:
         """Start the sync the lease says is due (None: none due, or one already runs)."""
-        if self.lease.idle or (self._sync is not None and not self._sync.done()):
-            return None
-        if self._resting():
+        if self.lease.idle or (self._sync is not None and not self._sync.done()) or self._resting():
             return None
         reason = self.lease.sync_due(now or utcnow())
         if reason == "settle":
@@ -175,10 +171,7 @@ class LeasedTenant:
                                              self.limits, report, rows, ask_info=info if ask is not None else None,
                                              now=now, final=final))
         except BaseException:
-            # Its rows stay with the lease (abort_sync) and their waiters keep waiting: the ticker
-            # retries about once a second until the store is back. A waiter bounds its own wait.
-            self.lease.abort_sync()
-            self._failed_at = asyncio.get_running_loop().time()
+            self._failed()
             raise
         ticket = self.lease.end_sync(result, info)
         self._committed(rows)
@@ -188,11 +181,17 @@ class LeasedTenant:
         try:
             recall = await self._run(partial(self.store.settle_sync, self.lease_id, self.tenant, holding, rows))
         except BaseException:
-            self.lease.abort_sync()
-            self._failed_at = asyncio.get_running_loop().time()
+            self._failed()
             raise
         self.lease.end_settle(recall)
         self._committed(rows)
+
+    def _failed(self) -> None:
+        """A sync failed (or its outcome is unknown): its rows stay with the lease (abort_sync) and
+        their waiters keep waiting; the ticker retries about once a second until the store is
+        back. A waiter bounds its own wait."""
+        self.lease.abort_sync()
+        self._failed_at = asyncio.get_running_loop().time()
 
     def _committed(self, rows: list[Settlement]) -> None:
         self.syncs += 1

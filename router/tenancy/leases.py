@@ -354,8 +354,7 @@ class Lease:
         """Admit `ask` unclamped from the free units, or None: ask the database (sync with it).
         Never clamps: a clampable ask that does not fit is decided against the whole tenant.
         again: the same request tried before (its demand is counted once)."""
-        tokens = ask.prompt_tokens + ask.max_tokens
-        usd = ask.prompt_tokens * ask.input_usd_per_token + ask.max_tokens * ask.completion_usd_per_token
+        tokens, usd = ask.worst_case()
         need = units_of(self.limits, tokens, usd)
         if not again:
             d = self._demand

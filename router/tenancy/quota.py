@@ -90,6 +90,12 @@ class Ask:
     input_usd_per_token: Decimal
     completion_usd_per_token: Decimal  # the dearer of output and reasoning
 
+    def worst_case(self, max_tokens: int | None = None) -> tuple[int, Decimal]:
+        """Tokens and dollars the request may use with `max_tokens` (default: its own)."""
+        completion = self.max_tokens if max_tokens is None else max_tokens
+        return (self.prompt_tokens + completion,
+                self.prompt_tokens * self.input_usd_per_token + completion * self.completion_usd_per_token)
+
 
 @dataclass(frozen=True)
 class RateHeaders:
@@ -266,8 +272,7 @@ def decide(limits: Limits, state: TenantState, ask: Ask) -> Grant | Refusal:
             failing = {name for r, name in room if r < need}
             binding = next(name for name in _LONGEST_FIRST if name in failing)
             return _refuse_for(binding, limits, state, ask, recent, tokens_used, refuse)
-    tokens = prompt + max_tokens
-    usd = prompt * ask.input_usd_per_token + max_tokens * ask.completion_usd_per_token
+    tokens, usd = ask.worst_case(max_tokens)
     return Grant(max_tokens, tokens, usd, clamped_from, headers(1, tokens))
 
 

@@ -616,7 +616,8 @@ class QuotaStore:
         with self._read() as conn:
             rows = conn.execute(select(g.request_id, g.tenant, g.status, g.replica, g.started_at)
                                 .where(g.request_id.in_(list(by_id)))).all()
-            unseen = [r for rid, r in by_id.items() if r.info is not None and rid not in {row.request_id for row in rows}]
+            have_rows = {row.request_id for row in rows}
+            unseen = [r for rid, r in by_id.items() if r.info is not None and rid not in have_rows]
             reserved = {rid for (rid,) in conn.execute(select(reservations.c.request_id).where(
                 reservations.c.request_id.in_([r.request_id for r in unseen])))} if unseen else set()
         billed, done = self._bill_leased_orphans([r for r in unseen if r.request_id not in reserved], cost)
